@@ -1,0 +1,631 @@
+"""The Binance Spot feed: WebSocket connections, feed state, REST backfill and book sync.
+
+Task tree (one nursery per level, nothing outlives its parent):
+
+    BinanceFeed.run
+    ├── state task           the only owner of per-symbol state and the only sender to the router
+    └── producers            everything that feeds the state task through one bounded inbox
+        ├── group supervisor × N   one logical connection per `pairs_per_connection` symbols;
+        │   └── connection × 1–2     two only while a replacement is made before the old one breaks
+        ├── backfill workers       REST trade pages for gaps and post-reconnect catch-up
+        ├── snapshot workers       REST depth snapshots for books that are (re)syncing
+        └── ticker                 periodic book snapshots and resume checkpoints
+
+A single owner for state means no locks and a strict order: a Checkpoint record always follows the
+trades it covers in the sink channels, which is what makes kill -9 followed by a restart exact.
+Workers never mutate state; they post results to the inbox and wait until the state task has
+applied them before looking at state again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from ingestd.backoff import Backoff
+from ingestd.logs import RateLimitedLog
+from ingestd.model import BookTop, Checkpoint, Record, Trade, spread_bps
+from ingestd.pipeline import Router
+from ingestd.stats import StatsRegistry, now_us
+from ingestd.transport.ws import ConnectionClosed, connect_ws
+from ingestd.venues.binance import rest
+from ingestd.venues.binance.book import LIVE, DepthSnapshot, LocalBook
+from ingestd.venues.binance.protocol import (
+    AggTradeEvent,
+    ControlReply,
+    DepthEvent,
+    Problem,
+    ServerShutdown,
+    TradeEvent,
+    combined_stream_url,
+    decode,
+    stream_names,
+)
+from ingestd.venues.symbols import SymbolSource, StaticSymbols, merge_with_fallback, select_shard, split_groups
+from ingestd.venues.trade_ids import ACCEPTED_NEW_GAP, TradeIdTracker
+
+VENUE = "binance"
+log = logging.getLogger("ingestd.binance")
+
+TICK_S = 0.25  # checkpoint cadence; also how often due catch-ups are looked at
+CATCHUP_GRACE_S = 1.0  # after a reconnect, wait this long for a live trade to reveal the gap itself
+BACKFILL_WORKERS = 2
+SNAPSHOT_WORKERS = 4
+INBOX_CAPACITY = 64  # chunks; each chunk is everything decoded from one socket read
+TRADES_PAGE = 1000
+
+
+# --- inbox messages ------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Chunk:
+    recv_us: int
+    events: list
+
+
+@dataclass(slots=True)
+class _ConnectionUp:
+    symbols: list[str]
+
+
+@dataclass(slots=True)
+class _Backfilled:
+    symbol: str
+    trades: list[Trade]
+    abandon: tuple[int, int] | None = None  # ids the venue no longer has
+    caught_up: bool = False  # the page reached the present (a catch-up is complete)
+    applied: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    symbol: str
+    snapshot: DepthSnapshot
+    applied: trio.Event = field(default_factory=trio.Event)
+
+
+class _Tick:
+    __slots__ = ()
+
+
+_TICK = _Tick()
+
+
+# --- per-symbol state ----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _SymbolState:
+    trades: TradeIdTracker
+    book: LocalBook | None
+    checkpointed: int | None = None  # watermark last sent as a Checkpoint
+    book_emitted: int = -1  # update id of the last BookTop sent
+    catchup_due: float | None = None  # monotonic time a post-reconnect catch-up becomes due
+    catchup_wanted: bool = False  # a REST catch-up from next_id to the present is needed
+    live_since_up: bool = False  # a live trade arrived since the last reconnect
+
+
+@dataclass
+class _ConnectionHandle:
+    conn_id: str
+    cancel_scope: trio.CancelScope
+    replace_wanted: trio.Event = field(default_factory=trio.Event)
+    connected_at: float = 0.0  # trio.current_time() of the current TCP connection
+
+
+class _WorkQueue:
+    """A set of symbols awaiting a worker, each at most once: bounded by the symbol count."""
+
+    def __init__(self, max_items: int) -> None:
+        self._send, self._recv = trio.open_memory_channel[str](max(1, max_items))
+        self._queued: set[str] = set()
+
+    def put(self, symbol: str) -> None:
+        if symbol not in self._queued:
+            self._queued.add(symbol)
+            self._send.send_nowait(symbol)
+
+    async def get(self) -> str:
+        symbol = await self._recv.receive()
+        self._queued.discard(symbol)
+        return symbol
+
+
+class BinanceFeed:
+    def __init__(
+        self,
+        cfg: Any,
+        router: Router,
+        stats: StatsRegistry,
+        *,
+        resume: dict[str, int] | None = None,
+        source: SymbolSource | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.router = router
+        self.stats = stats
+        self.resume = resume or {}
+        self.source = source or StaticSymbols(cfg.symbols)
+        self.symbols: list[str] = []
+        self._state: dict[str, _SymbolState] = {}
+        self._budget = rest.WeightBudget(cfg.rest_weight_limit, cfg.rest_weight_headroom)
+        self._backfills = _WorkQueue(1)
+        self._snapshots = _WorkQueue(1)
+        self._producers: trio.CancelScope | None = None
+        self._last_book_emit = 0.0
+        self._conn_serial = 0
+        self._rl = RateLimitedLog(interval_s=10.0)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve symbols, start everything, report started, run until `stop()` or cancellation,
+        then drain what was already received into the router before returning."""
+        async with httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=10.0) as http:
+            self._http = http
+            self.symbols = await self._resolve_symbols()
+            self._init_state()
+            inbox_send, inbox_recv = trio.open_memory_channel[object](INBOX_CAPACITY)
+            self.stats.watch_queue("binance.inbox", lambda: _channel_depth(inbox_recv))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._state_task, inbox_recv)
+                async with inbox_send:
+                    async with trio.open_nursery() as producers:
+                        self._producers = producers.cancel_scope
+                        self._start_producers(producers, inbox_send)
+                        task_status.started()
+
+    def stop(self) -> None:
+        """Stop taking in data; `run` returns once what was received has reached the router."""
+        if self._producers is not None:
+            self._producers.cancel()
+
+    def _start_producers(self, nursery: trio.Nursery, inbox: trio.MemorySendChannel) -> None:
+        groups = split_groups(self.symbols, self.cfg.pairs_per_connection)
+        for index, group in enumerate(groups):
+            nursery.start_soon(self._supervise_group, index, group, inbox.clone())
+        if self.cfg.backfill:
+            for _ in range(BACKFILL_WORKERS):
+                nursery.start_soon(self._backfill_worker, inbox.clone())
+        if self.cfg.depth:
+            for _ in range(SNAPSHOT_WORKERS):
+                nursery.start_soon(self._snapshot_worker, inbox.clone())
+        nursery.start_soon(self._ticker, inbox.clone())
+        self.stats.set_gauge("binance.connections_planned", len(groups))
+        log.info(
+            "binance feed starting",
+            extra={"symbols": len(self.symbols), "connections": len(groups), "ws_url": self.cfg.ws_url},
+        )
+
+    async def _resolve_symbols(self) -> list[str]:
+        try:
+            wanted = await self.source.fetch()
+        except Exception as exc:  # a dynamic source failing must not stop the feed
+            log.warning("symbol source failed, using fallback pairs", extra={"error": repr(exc)})
+            wanted = []
+        symbols = select_shard(merge_with_fallback(wanted, self.cfg.fallback_pairs), _shard(self.cfg))
+        if self.cfg.exchange_info_check and symbols:
+            symbols = await self._drop_untradable(symbols)
+        self.stats.set_gauge("binance.symbols", len(symbols))
+        return symbols
+
+    async def _drop_untradable(self, symbols: list[str]) -> list[str]:
+        try:
+            body = await self._rest(rest.EXCHANGE_INFO, attempts=3)
+            status = rest.parse_exchange_info(body)
+        except (rest.ResponseError, _GiveUp) as exc:
+            log.warning("exchangeInfo unavailable, keeping the configured symbols", extra={"error": str(exc)})
+            return symbols
+        dropped = [s for s in symbols if status.get(s) != "TRADING"]
+        if dropped:
+            log.warning(
+                "dropping symbols that are not TRADING",
+                extra={"symbols": ",".join(f"{s}:{status.get(s, 'UNKNOWN')}" for s in dropped)},
+            )
+        return [s for s in symbols if status.get(s) == "TRADING"]
+
+    def _init_state(self) -> None:
+        n = len(self.symbols)
+        self._backfills = _WorkQueue(n)
+        self._snapshots = _WorkQueue(n)
+        for s in self.symbols:
+            last = self.resume.get(s)
+            tracker = TradeIdTracker() if last is None else TradeIdTracker.resuming_after(last)
+            st = _SymbolState(tracker, LocalBook(s) if self.cfg.depth else None)
+            if last is not None and self.cfg.backfill:
+                # Trades made while we were down: fetch them even if the symbol is quiet now.
+                st.catchup_wanted = True
+                self._backfills.put(s)
+            self._state[s] = st
+
+    # --- the state task ------------------------------------------------------------------------
+
+    async def _state_task(self, inbox: trio.MemoryReceiveChannel) -> None:
+        router = self.router
+        async with inbox:
+            async for msg in inbox:
+                kind = type(msg)
+                if kind is _Chunk:
+                    records = self._on_chunk(msg)
+                elif kind is _Tick:
+                    records = self._on_tick()
+                elif kind is _Backfilled:
+                    records = self._on_backfilled(msg)
+                    msg.applied.set()
+                elif kind is _Snapshot:
+                    records = []
+                    self._on_snapshot(msg)
+                    msg.applied.set()
+                else:
+                    records = []
+                    self._on_connection_up(msg)
+                if records:
+                    await router.send(records)
+                self.stats.heartbeat("feed.binance")
+
+    def _on_chunk(self, chunk: _Chunk) -> list[Record]:
+        out: list[Record] = []
+        lags: list[int] = []
+        state = self._state
+        recv_us = chunk.recv_us
+        trades = dups = depth = 0
+        for ev in chunk.events:
+            kind = type(ev)
+            if kind is TradeEvent or kind is AggTradeEvent:
+                st = state.get(ev.s)
+                if st is None:
+                    self._unexpected_symbol(ev.s)
+                    continue
+                trade_id = ev.t if kind is TradeEvent else ev.a
+                verdict = st.trades.accept(trade_id)
+                if not verdict:
+                    dups += 1
+                    continue
+                ts_us = ev.T * 1000
+                out.append(Trade(VENUE, ev.s, trade_id, ev.p, ev.q, "sell" if ev.m else "buy", ts_us, recv_us))
+                lags.append(recv_us - ts_us)
+                st.live_since_up = True
+                trades += 1
+                if verdict == ACCEPTED_NEW_GAP:
+                    self.stats.incr("binance.gaps")
+                    if self.cfg.backfill:
+                        self._backfills.put(ev.s)
+            elif kind is DepthEvent:
+                st = state.get(ev.s)
+                if st is None or st.book is None:
+                    self._unexpected_symbol(ev.s)
+                    continue
+                depth += 1
+                book = st.book
+                book.on_diff(ev)
+                if book.needs_snapshot:
+                    self._snapshots.put(ev.s)
+        stats = self.stats
+        if trades:
+            stats.incr("binance.trades", trades)
+            stats.lag.record_many(lags)
+            last = stats.last_event_us
+            for r in out:
+                last[(VENUE, r.symbol)] = recv_us
+        if dups:
+            stats.incr("binance.duplicates_dropped", dups)
+        if depth:
+            stats.incr("binance.depth_updates", depth)
+        return out
+
+    def _on_tick(self) -> list[Record]:
+        out: list[Record] = []
+        now = trio.current_time()
+        emit_books = self.cfg.depth and now - self._last_book_emit >= self.cfg.book_interval_ms / 1000
+        if emit_books:
+            self._last_book_emit = now
+        live = missing = 0
+        for symbol, st in self._state.items():
+            if st.catchup_due is not None and now >= st.catchup_due:
+                st.catchup_due = None
+                if not st.live_since_up and self.cfg.backfill:
+                    st.catchup_wanted = True
+                    self._backfills.put(symbol)
+            wm = st.trades.watermark
+            if wm is not None and wm != st.checkpointed:
+                out.append(Checkpoint(VENUE, symbol, wm))
+                st.checkpointed = wm
+            missing += st.trades.missing_count()
+            book = st.book
+            if book is not None and book.state == LIVE:
+                live += 1
+                if emit_books and book.last_update_id != st.book_emitted and book.bids and book.asks:
+                    out.append(self._book_top(symbol, book))
+                    st.book_emitted = book.last_update_id
+        self.stats.set_gauge("binance.books_live", live)
+        self.stats.set_gauge("binance.trades_missing", missing)
+        return out
+
+    def _book_top(self, symbol: str, book: LocalBook) -> BookTop:
+        bids, asks = book.top(self.cfg.book_levels)
+        (bp, bs), (ap, az) = bids[0], asks[0]
+        return BookTop(
+            VENUE, symbol, book.last_update_id, book.last_event_ms * 1000, now_us(),
+            bp, bs, ap, az, spread_bps(bp, ap), bids, asks,
+        )
+
+    def _on_backfilled(self, msg: _Backfilled) -> list[Record]:
+        st = self._state[msg.symbol]
+        kept = [t for t in msg.trades if st.trades.accept(t.trade_id)]
+        if msg.abandon is not None:
+            lost = st.trades.abandon(*msg.abandon)
+            if lost:
+                self.stats.incr("binance.trades_unrecoverable", lost)
+                log.error(
+                    "trades missing and no longer available over REST",
+                    extra={"symbol": msg.symbol, "from_id": msg.abandon[0], "to_id": msg.abandon[1], "count": lost},
+                )
+        if msg.caught_up:
+            st.catchup_wanted = False
+        if kept:
+            self.stats.incr("binance.trades_backfilled", len(kept))
+        return kept
+
+    def _on_snapshot(self, msg: _Snapshot) -> None:
+        book = self._state[msg.symbol].book
+        if book is None:
+            return
+        if not book.apply_snapshot(msg.snapshot):
+            self.stats.incr("binance.snapshots_stale")
+        if book.needs_snapshot:  # stale, or a gap inside the buffered diffs
+            self._snapshots.put(msg.symbol)
+
+    def _on_connection_up(self, msg: _ConnectionUp) -> None:
+        due = trio.current_time() + CATCHUP_GRACE_S
+        for s in msg.symbols:
+            st = self._state[s]
+            if st.trades.next_id is not None:
+                st.live_since_up = False
+                st.catchup_due = due
+
+    def _unexpected_symbol(self, symbol: str) -> None:
+        self.stats.incr("binance.unexpected_symbol")
+        self._rl.log(log, logging.WARNING, "unexpected_symbol", "event for a symbol not subscribed", symbol=symbol)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    async def _supervise_group(self, index: int, symbols: list[str], inbox: trio.MemorySendChannel) -> None:
+        """Keep one connection for `symbols` alive; replace it make-before-break when the venue
+        announces a shutdown or the connection nears Binance's 24 h limit."""
+        streams = [
+            name
+            for s in symbols
+            for name in stream_names(
+                s, trade_stream=self.cfg.trade_stream, depth=self.cfg.depth, depth_speed_ms=self.cfg.depth_speed_ms
+            )
+        ]
+        url = combined_stream_url(self.cfg.ws_url, streams)
+        max_age = self.cfg.max_connection_age_s
+        async with inbox, trio.open_nursery() as nursery:
+            current = await nursery.start(self._connection, index, url, len(streams), symbols, inbox)
+            while True:
+                with trio.move_on_at(current.connected_at + max_age):
+                    await current.replace_wanted.wait()
+                if not current.replace_wanted.is_set() and trio.current_time() < current.connected_at + max_age:
+                    continue  # it reconnected meanwhile, so its age restarted
+                successor = await nursery.start(self._connection, index, url, len(streams), symbols, inbox)
+                log.info("replaced connection", extra={"old": current.conn_id, "new": successor.conn_id})
+                current.cancel_scope.cancel()
+                current = successor
+
+    async def _connection(
+        self,
+        index: int,
+        url: str,
+        n_streams: int,
+        symbols: list[str],
+        inbox: trio.MemorySendChannel,
+        task_status=trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._conn_serial += 1
+        conn_id = f"binance/{index}#{self._conn_serial}"
+        cstats = self.stats.connection(conn_id)
+        cstats.url, cstats.streams = self.cfg.ws_url, n_streams
+        backoff = Backoff(self.cfg.reconnect_base_s, self.cfg.reconnect_cap_s)
+        with trio.CancelScope() as scope:
+            handle = _ConnectionHandle(conn_id, scope)
+            started = False
+            try:
+                while True:
+                    try:
+                        conn = await connect_ws(url, stats=cstats, max_outgoing_per_s=self.cfg.max_outgoing_per_s)
+                    except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
+                        await self._connect_failed(cstats, backoff, exc)
+                        continue
+                    except Exception as exc:  # handshake rejected and the like: keep trying, loudly
+                        await self._connect_failed(cstats, backoff, exc)
+                        continue
+                    handle.connected_at = trio.current_time()
+                    log.info("connected", extra={"conn": conn_id, "streams": n_streams})
+                    if started:
+                        # A reconnect: trades may have been missed. (A first connect is either the
+                        # start, where resume handles the past, or a make-before-break successor.)
+                        await inbox.send(_ConnectionUp(symbols))
+                    else:
+                        task_status.started(handle)
+                        started = True
+                    try:
+                        await self._read(conn, handle, inbox, backoff)
+                    except ConnectionClosed as exc:
+                        self.stats.incr("binance.disconnects")
+                        cstats.last_error = str(exc)
+                        log.warning("connection lost, reconnecting", extra={"conn": conn_id, "reason": str(exc)})
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await conn.aclose()
+                    cstats.state = "backoff"
+                    await trio.sleep(backoff.next_delay())
+            finally:
+                cstats.state = "closed"
+                self.stats.forget_connection(conn_id)
+
+    async def _connect_failed(self, cstats, backoff: Backoff, exc: BaseException) -> None:
+        self.stats.incr("binance.connect_errors")
+        cstats.state = "backoff"
+        cstats.last_error = repr(exc)
+        delay = backoff.next_delay()
+        self._rl.log(log, logging.WARNING, f"connect:{cstats.conn_id}", "connect failed", conn=cstats.conn_id,
+                     error=repr(exc), retry_in_s=round(delay, 2))
+        await trio.sleep(delay)
+
+    async def _read(self, conn, handle: _ConnectionHandle, inbox: trio.MemorySendChannel, backoff: Backoff) -> None:
+        stats = self.stats
+        first = True
+        while True:
+            frames = await conn.receive_batch()
+            recv_us = now_us()
+            if first:
+                backoff.reset()  # only a connection that delivered data counts as a success
+                first = False
+            events = []
+            for frame in frames:
+                ev = decode(frame)
+                kind = type(ev)
+                if kind is Problem:
+                    stats.incr(f"binance.decode_errors.{ev.kind}")
+                    self._rl.log(log, logging.WARNING, ev.kind, "bad frame skipped", kind=ev.kind, detail=ev.detail[:200])
+                elif kind is ServerShutdown:
+                    stats.incr("binance.server_shutdowns")
+                    log.info("venue announced shutdown; replacing connection", extra={"conn": handle.conn_id})
+                    handle.replace_wanted.set()
+                elif kind is ControlReply:
+                    if ev.code is not None:
+                        log.warning("venue rejected a request", extra={"code": ev.code, "msg": ev.msg})
+                else:
+                    events.append(ev)
+            if events:
+                await inbox.send(_Chunk(recv_us, events))
+
+    # --- REST workers ------------------------------------------------------------------------------
+
+    async def _backfill_worker(self, inbox: trio.MemorySendChannel) -> None:
+        async with inbox:
+            while True:
+                symbol = await self._backfills.get()
+                await self._backfill_symbol(symbol, inbox)
+
+    async def _backfill_symbol(self, symbol: str, inbox: trio.MemorySendChannel) -> None:
+        """Fetch pages until the symbol has no gap and no catch-up pending."""
+        st = self._state[symbol]
+        while True:
+            await trio.sleep(0)
+            gap = st.trades.first_gap()
+            if gap is not None:
+                lo, hi = gap
+            elif st.catchup_wanted and st.trades.next_id is not None:
+                lo, hi = st.trades.next_id, None
+            else:
+                return
+            msg = await self._fetch_trades(symbol, lo, hi)
+            await inbox.send(msg)
+            await msg.applied.wait()
+
+    async def _fetch_trades(self, symbol: str, lo: int, hi: int | None) -> _Backfilled:
+        """One REST page from `lo`; says which ids the venue could not supply."""
+        req = rest.trades_request(self.cfg.trade_stream, symbol, lo, TRADES_PAGE)
+        try:
+            body = await self._rest(req)
+            trades = rest.parse_trades(self.cfg.trade_stream, body, venue=VENUE, symbol=symbol, recv_us=now_us())
+        except rest.ResponseError as exc:
+            self._rl.log(log, logging.WARNING, "bad_rest_body", "unusable backfill page", symbol=symbol, error=str(exc))
+            await trio.sleep(1.0)
+            return _Backfilled(symbol, [])
+        self.stats.incr("binance.rest.backfill_pages")
+        caught_up = len(trades) < TRADES_PAGE
+        first_id = trades[0].trade_id if trades else None
+        if hi is not None and (first_id is None or first_id > lo):
+            # The venue has nothing from `lo` on (empty page) or starts later: those ids are gone.
+            end = hi if first_id is None else min(hi, first_id - 1)
+            return _Backfilled(symbol, trades, abandon=(lo, end), caught_up=caught_up)
+        return _Backfilled(symbol, trades, caught_up=caught_up)
+
+    async def _snapshot_worker(self, inbox: trio.MemorySendChannel) -> None:
+        async with inbox:
+            while True:
+                symbol = await self._snapshots.get()
+                req = rest.depth_request(symbol, self.cfg.snapshot_limit)
+                try:
+                    snap = rest.parse_depth(await self._rest(req))
+                except rest.ResponseError as exc:
+                    self._rl.log(log, logging.WARNING, "bad_depth", "unusable depth snapshot", symbol=symbol, error=str(exc))
+                    self._snapshots.put(symbol)
+                    await trio.sleep(1.0)
+                    continue
+                self.stats.incr("binance.snapshots")
+                msg = _Snapshot(symbol, snap)
+                await inbox.send(msg)
+                await msg.applied.wait()
+
+    async def _rest(self, req: rest.Request, *, attempts: int | None = None) -> bytes:
+        """GET with the weight budget, 429/418 + Retry-After, and retries on transport errors."""
+        backoff = Backoff(0.5, 30.0)
+        tries = 0
+        while True:
+            delay = self._budget.delay_before(req.weight, time.time())
+            if delay > 0:
+                self.stats.incr("binance.rest.throttled_waits")
+                await trio.sleep(delay)
+                continue
+            self._budget.spend(req.weight, time.time())
+            tries += 1
+            try:
+                resp = await self._http.get(req.path, params=req.params)
+            except httpx.HTTPError as exc:
+                self.stats.incr("binance.rest.transport_errors")
+                self._rl.log(log, logging.WARNING, "rest_transport", "REST request failed", path=req.path, error=repr(exc))
+            else:
+                self._budget.on_response(resp.status_code, resp.headers, time.time())
+                self.stats.set_gauge("binance.rest.used_weight_1m", self._budget.used)
+                status = resp.status_code
+                if status == 200:
+                    self.stats.incr("binance.rest.requests")
+                    return resp.content
+                self.stats.incr(f"binance.rest.http_{status}")
+                if status in (429, 418):
+                    log.warning(
+                        "REST rate limited by the venue, backing off",
+                        extra={"status": status, "retry_after": resp.headers.get("retry-after")},
+                    )
+                    continue  # the budget now blocks until Retry-After has passed
+                if status < 500:
+                    raise rest.ResponseError(f"{req.path} {status}: {resp.text[:200]}")
+                self._rl.log(log, logging.WARNING, "rest_5xx", "REST server error", path=req.path, status=status)
+            if attempts is not None and tries >= attempts:
+                raise _GiveUp(f"{req.path}: gave up after {tries} attempts")
+            await trio.sleep(backoff.next_delay())
+
+    async def _ticker(self, inbox: trio.MemorySendChannel) -> None:
+        async with inbox:
+            while True:
+                await trio.sleep(TICK_S)
+                await inbox.send(_TICK)
+
+
+class _GiveUp(Exception):
+    pass
+
+
+def _shard(cfg: Any) -> tuple[int, int] | None:
+    shard = getattr(cfg, "shard", None)
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        i, n = shard.split("/")
+        return int(i), int(n)
+    return tuple(shard)  # type: ignore[return-value]
+
+
+def _channel_depth(recv: trio.MemoryReceiveChannel) -> tuple[int, int]:
+    s = recv.statistics()
+    cap = s.max_buffer_size
+    return s.current_buffer_used, (cap if not math.isinf(cap) else -1)
