@@ -1,0 +1,23 @@
+"""Sinks by type name: `[sinks.<name>] type = "..."` picks the class that stores that sink's records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ingestd.sinks.base import Sink, SinkError
+from ingestd.stats import StatsRegistry
+
+__all__ = ["Sink", "SinkError", "build_sink"]
+
+
+def build_sink(name: str, cfg: Any, *, state_dir: Path, stats: StatsRegistry) -> Sink:
+    """Instantiate the configured sink (not yet opened; the pipeline opens it in a worker thread)."""
+    if cfg.type == "sqlite":
+        from ingestd.sinks.sqlite import SqliteSink
+
+        path = Path(cfg.path)
+        if not path.is_absolute():
+            path = state_dir / path
+        return SqliteSink(name, path, synchronous=cfg.synchronous, stats=stats)
+    raise ValueError(f"sinks.{name}: unknown sink type {cfg.type!r}")

@@ -500,7 +500,7 @@ class BinanceFeed:
                     handle.replace_wanted.set()
                 elif kind is ControlReply:
                     if ev.code is not None:
-                        log.warning("venue rejected a request", extra={"code": ev.code, "msg": ev.msg})
+                        log.warning("venue rejected a request", extra={"code": ev.code, "reason": ev.msg})
                 else:
                     events.append(ev)
             if events:

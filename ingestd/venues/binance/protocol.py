@@ -115,7 +115,7 @@ def decode(frame: str | bytes) -> Event | ControlReply | Problem:
     """One combined-stream frame (`{"stream":..,"data":..}`) or raw-stream frame -> event."""
     try:
         return _combined.decode(frame).data
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError):  # DecodeError includes ValidationError
         return _slow_path(frame)
 
 
@@ -124,7 +124,7 @@ def _slow_path(frame: str | bytes) -> Event | ControlReply | Problem:
         probe = _probe.decode(frame)
     except msgspec.ValidationError as exc:  # valid JSON, but not an object (a subclass of DecodeError)
         return Problem(NOT_AN_EVENT, str(exc))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
         return Problem(MALFORMED_JSON, str(exc))
     if probe.stream is None and probe.data is None:
         if probe.e is not None:  # a raw (non-combined) stream frame
@@ -152,7 +152,7 @@ def _decode_raw(frame: str | bytes, e: object) -> Event | Problem:
         return Problem(UNKNOWN_EVENT, f"event type {e!r}")
     try:
         return _raw.decode(frame)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Problem(INVALID_FIELDS, f"{e}: {exc}")
 
 

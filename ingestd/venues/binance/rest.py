@@ -98,7 +98,7 @@ _exchange_info = msgspec.json.Decoder(_ExchangeInfo)
 def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as exc:  # includes ValidationError
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # DecodeError includes ValidationError
         raise ResponseError(f"{what}: {exc}") from None
 
 
