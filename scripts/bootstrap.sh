@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what ingestd needs to run its demo (default) or its whole test suite (--test),
+# on a fresh Debian machine or a developer's. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+# Debian packages the test suite drives as real servers/tools. Installed only where missing.
+TEST_DEBS=(sqlite3 tmux)
+
+apt_install_missing() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+pick_python() {
+    for py in python3.13 python3.12 python3.11 python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$py"; return 0
+        fi
+    done
+    echo "bootstrap: Python >= 3.11 is required" >&2
+    return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+    py=$(pick_python)
+    if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+        apt_install_missing python3-venv
+    fi
+    echo "bootstrap: creating .venv with $py"
+    "$py" -m venv .venv
+fi
+
+extras=""
+[ $want_test -eq 1 ] && extras="[test]"
+stamp=".venv/.installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing Python dependencies${extras:+ (with test extras)}"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".${extras}"
+    touch "$stamp"
+fi
+
+if [ $want_test -eq 1 ]; then
+    apt_install_missing "${TEST_DEBS[@]}"
+fi
