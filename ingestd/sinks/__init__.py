@@ -16,8 +16,5 @@ def build_sink(name: str, cfg: Any, *, state_dir: Path, stats: StatsRegistry) ->
     if cfg.type == "sqlite":
         from ingestd.sinks.sqlite import SqliteSink
 
-        path = Path(cfg.path)
-        if not path.is_absolute():
-            path = state_dir / path
-        return SqliteSink(name, path, synchronous=cfg.synchronous, stats=stats)
+        return SqliteSink(name, cfg.resolved_path(state_dir), synchronous=cfg.synchronous, stats=stats)
     raise ValueError(f"sinks.{name}: unknown sink type {cfg.type!r}")

@@ -32,6 +32,7 @@ from ingestd.backoff import Backoff
 from ingestd.logs import RateLimitedLog
 from ingestd.model import BookTop, Checkpoint, Record, Trade, spread_bps
 from ingestd.pipeline import Router
+from ingestd.secrets import reveal
 from ingestd.stats import StatsRegistry, now_us
 from ingestd.transport.ws import ConnectionClosed, connect_ws
 from ingestd.venues.binance import rest
@@ -166,7 +167,7 @@ class BinanceFeed:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Resolve symbols, start everything, report started, run until `stop()` or cancellation,
         then drain what was already received into the router before returning."""
-        async with httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=10.0) as http:
+        async with httpx.AsyncClient(base_url=reveal(self.cfg.rest_url), timeout=10.0) as http:
             self._http = http
             self.symbols = await self._resolve_symbols()
             self._init_state()
@@ -404,7 +405,7 @@ class BinanceFeed:
                 s, trade_stream=self.cfg.trade_stream, depth=self.cfg.depth, depth_speed_ms=self.cfg.depth_speed_ms
             )
         ]
-        url = combined_stream_url(self.cfg.ws_url, streams)
+        url = combined_stream_url(reveal(self.cfg.ws_url), streams)
         max_age = self.cfg.max_connection_age_s
         async with inbox, trio.open_nursery() as nursery:
             current = await nursery.start(self._connection, index, url, len(streams), symbols, inbox)
@@ -430,7 +431,7 @@ class BinanceFeed:
         self._conn_serial += 1
         conn_id = f"binance/{index}#{self._conn_serial}"
         cstats = self.stats.connection(conn_id)
-        cstats.url, cstats.streams = self.cfg.ws_url, n_streams
+        cstats.url, cstats.streams = str(self.cfg.ws_url), n_streams  # a Secret renders as ***
         backoff = Backoff(self.cfg.reconnect_base_s, self.cfg.reconnect_cap_s)
         with trio.CancelScope() as scope:
             handle = _ConnectionHandle(conn_id, scope)
