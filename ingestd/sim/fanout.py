@@ -1,0 +1,79 @@
+"""Route published stream messages to the connections subscribed to them.
+
+Each message is encoded once per style (raw or combined) and the same frame bytes are queued to every
+subscriber. Faults are applied here: drop_rate is decided per connection with the connection's own
+RNG (two connections lose different frames), malformed_rate once per published message (every
+subscriber gets the same bad frame, just before the real one).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+import msgspec
+
+from ingestd.sim.counters import SimCounters
+from ingestd.sim.malformed import MALFORMED_KINDS, malformed_messages
+from ingestd.sim.ws_frames import combined_message, text_frame
+
+_encode = msgspec.json.encode
+
+
+class Subscriber(Protocol):
+    combined: bool
+    drop_rng: random.Random
+
+    def send_data(self, frame: bytes) -> bool:
+        """Queue a data frame; False if the connection is closing and did not take it."""
+        ...
+
+
+class FanOut:
+    def __init__(self, counters: SimCounters, *, drop_rate: float, malformed_rate: float, seed: int) -> None:
+        self._counters = counters
+        self._drop_rate = drop_rate
+        self._malformed_rate = malformed_rate
+        self._fault_rng = random.Random(f"{seed}/malformed")
+        self._subscribers: dict[str, set[Subscriber]] = {}
+
+    def subscribe(self, subscriber: Subscriber, stream: str) -> None:
+        self._subscribers.setdefault(stream, set()).add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber, stream: str) -> None:
+        subscribers = self._subscribers.get(stream)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[stream]
+
+    def has_subscribers(self, stream: str) -> bool:
+        return stream in self._subscribers
+
+    def publish(self, stream: str, payload: dict[str, Any]) -> None:
+        subscribers = self._subscribers.get(stream)
+        if not subscribers:
+            return
+        # A tuple, because queueing to a slow connection may abort it and it then unsubscribes.
+        subscribers_now = tuple(subscribers)
+        if self._malformed_rate and self._fault_rng.random() < self._malformed_rate:
+            kind = self._fault_rng.choice(MALFORMED_KINDS)
+            raw_bad, combined_bad = malformed_messages(kind, stream, payload, self._fault_rng)
+            frames = (text_frame(raw_bad), text_frame(combined_bad))
+            for subscriber in subscribers_now:
+                self._counters.malformed_sent += subscriber.send_data(frames[subscriber.combined])
+        raw = _encode(payload)
+        raw_frame = combined_frame = None
+        drop_rate = self._drop_rate
+        for subscriber in subscribers_now:
+            if drop_rate and subscriber.drop_rng.random() < drop_rate:
+                self._counters.frames_dropped += 1
+                continue
+            if subscriber.combined:
+                if combined_frame is None:
+                    combined_frame = text_frame(combined_message(stream, raw))
+                self._counters.frames_sent += subscriber.send_data(combined_frame)
+            else:
+                if raw_frame is None:
+                    raw_frame = text_frame(raw)
+                self._counters.frames_sent += subscriber.send_data(raw_frame)

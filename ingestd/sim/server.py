@@ -1,0 +1,138 @@
+"""The simulator: one Market, its fan-out and connections, and the two servers bound on loopback.
+
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve, SimConfig(symbols=3, rate=500))
+        ...connect to sim.ws_url / sim.rest_url...
+        nursery.cancel_scope.cancel()
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+
+from ingestd.sim.blast import BlastTape
+from ingestd.sim.config import SimConfig
+from ingestd.sim.counters import SimCounters
+from ingestd.sim.fanout import FanOut
+from ingestd.sim.live_events import LiveEvents
+from ingestd.sim.market import Market
+from ingestd.sim.rest_api import RestApi
+from ingestd.sim.rest_server import serve_rest_connection
+from ingestd.sim.ws_session import WsSession
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.market = Market(
+            list(config.symbols),
+            config.seed,
+            depth_ratio=config.depth_ratio,
+            min_levels=config.min_book_levels,
+            max_levels=config.max_book_levels,
+            halted=config.halted,
+        )
+        self.counters = SimCounters()
+        self.fanout = FanOut(
+            self.counters, drop_rate=config.drop_rate, malformed_rate=config.malformed_rate, seed=config.seed
+        )
+        self.sessions: set[WsSession] = set()
+        self.blast_tape: BlastTape | None = None
+        self.live = LiveEvents(self)
+        self.rest_api = RestApi(self)
+        self.paused = False
+        self.ws_url = ""
+        self.rest_url = ""
+
+    def pause(self) -> dict[str, Any]:
+        """Stop generating events. Pending depth diffs are sent first, so once subscribers have read
+        what is already queued, their books can be compared with the reference book."""
+        if not self.paused:
+            self.live.flush_all_depth()
+            self.paused = True
+        return {"paused": True, "lastUpdateIds": {s: self.market.last_update_id(s) for s in self.market.symbols}}
+
+    def resume(self) -> dict[str, Any]:
+        self.paused = False
+        for session in self.sessions:
+            session.wake_writer()  # blast writers wait while paused
+        return {"paused": False}
+
+    def drop_connections(self) -> int:
+        """Cut every WebSocket connection's TCP stream now, without a close frame."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.abort()
+        self.counters.drops += len(sessions)
+        return len(sessions)
+
+    def announce_shutdown(self) -> int:
+        """Send serverShutdown on every connection; each closes shutdown_grace_s later."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.announce_shutdown()
+        return len(sessions)
+
+    def truth(self, symbol: str | None = None) -> dict[str, range]:
+        """Every trade id ever made, per symbol (ids are contiguous, so ranges)."""
+        symbols = self.market.symbols if symbol is None else (symbol,)
+        return {s: self.market.trade_ids(s) for s in symbols}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters.as_dict(),
+            "trades_made": self.market.trade_count(),
+            "depth_updates_made": self.market.depth_update_count(),
+            "connections_open": len(self.sessions),
+            "paused": self.paused,
+        }
+
+
+async def serve(config: SimConfig, *, task_status: trio.TaskStatus[Simulator] = trio.TASK_STATUS_IGNORED) -> None:
+    """Bind the WebSocket and REST servers, report the Simulator via task_status, run until cancelled."""
+    sim = Simulator(config)
+    if config.blast_trades:
+        sim.blast_tape = await trio.to_thread.run_sync(BlastTape, sim.market, config.blast_trades)
+    session_ids = itertools.count(1)
+
+    async def handle_ws(stream: trio.SocketStream) -> None:
+        await _contain_crash(WsSession(sim, stream, next(session_ids)).run(), "WebSocket connection")
+
+    async def handle_rest(stream: trio.SocketStream) -> None:
+        await _contain_crash(serve_rest_connection(stream, sim.rest_api, config.slow_ms), "REST connection")
+
+    async with trio.open_nursery() as nursery:
+        ws_listeners = await nursery.start(partial(trio.serve_tcp, host=config.host), handle_ws, config.ws_port)
+        rest_listeners = await nursery.start(partial(trio.serve_tcp, host=config.host), handle_rest, config.rest_port)
+        sim.ws_url = "ws://" + _address(ws_listeners)
+        sim.rest_url = "http://" + _address(rest_listeners)
+        nursery.start_soon(sim.live.run)
+        if config.drop_every_s is not None:
+            nursery.start_soon(_drop_periodically, sim, config.drop_every_s)
+        task_status.started(sim)
+
+
+async def _drop_periodically(sim: Simulator, every_s: float) -> None:
+    while True:
+        await trio.sleep(every_s)
+        sim.drop_connections()
+
+
+async def _contain_crash(coroutine: Any, what: str) -> None:
+    # One broken connection must not take the whole simulator (and every test using it) down.
+    try:
+        await coroutine
+    except Exception:
+        log.exception("%s crashed", what)
+
+
+def _address(listeners: list[trio.SocketListener]) -> str:
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
