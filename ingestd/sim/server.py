@@ -51,6 +51,10 @@ class Simulator:
         self.ws_url = ""
         self.rest_url = ""
 
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self.market.symbols
+
     def pause(self) -> dict[str, Any]:
         """Stop generating events. Pending depth diffs are sent first, so once subscribers have read
         what is already queued, their books can be compared with the reference book."""
