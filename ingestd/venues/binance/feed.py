@@ -440,10 +440,7 @@ class BinanceFeed:
                 while True:
                     try:
                         conn = await connect_ws(url, stats=cstats, max_outgoing_per_s=self.cfg.max_outgoing_per_s)
-                    except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
-                        await self._connect_failed(cstats, backoff, exc)
-                        continue
-                    except Exception as exc:  # handshake rejected and the like: keep trying, loudly
+                    except ConnectionClosed as exc:  # DNS, TCP, TLS, timeout or a non-101 answer
                         await self._connect_failed(cstats, backoff, exc)
                         continue
                     handle.connected_at = trio.current_time()
