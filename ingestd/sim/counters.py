@@ -19,6 +19,7 @@ class SimCounters:
     slow_consumer_closes: int = 0  # outgoing buffer overflowed
     rate_limit_closes: int = 0  # more than max_incoming_per_s incoming messages
     pong_timeouts: int = 0
+    rest_connections: int = 0
     rest_requests: int = 0
     http_429: int = 0
     http_418: int = 0

@@ -110,6 +110,7 @@ async def serve(config: SimConfig, *, task_status: trio.TaskStatus[Simulator] = 
         await _contain_crash(WsSession(sim, stream, next(session_ids)).run(), "WebSocket connection")
 
     async def handle_rest(stream: trio.SocketStream) -> None:
+        sim.counters.rest_connections += 1
         await _contain_crash(serve_rest_connection(stream, sim.rest_api, config.slow_ms), "REST connection")
 
     async with trio.open_nursery() as nursery:

@@ -87,9 +87,7 @@ class WsSession:
                         nursery.start_soon(self._keepalive_loop)
                         nursery.start_soon(self._lifecycle_loop)
                 finally:
-                    self.sim.sessions.discard(self)
-                    for name in self.streams:
-                        self.sim.fanout.unsubscribe(self, name)
+                    self._detach()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; nothing to clean up beyond closing the socket
         finally:
@@ -104,9 +102,16 @@ class WsSession:
         finally:
             self._cancel_scope.cancel()
 
+    def _detach(self) -> None:
+        """Stop receiving market data and leave the simulator's connection set (idempotent)."""
+        self.sim.sessions.discard(self)
+        for name in self.streams:
+            self.sim.fanout.unsubscribe(self, name)
+
     def abort(self) -> None:
         """Cut the TCP connection now, without a close frame (a network failure, as seen by the client)."""
         self._closing = True
+        self._detach()  # at once, so the session stops counting as open before its task unwinds
         self._cancel_scope.cancel()
 
     def close(self, code: int, reason: str) -> None:
@@ -162,12 +167,13 @@ class WsSession:
             response = self._protocol.accept(request)
             self.streams = dict.fromkeys(names)
         self._protocol.send_response(response)
-        await self._send_pending_handshake_bytes()
-        if response.status_code != 101:
+        accepted = response.status_code == 101
+        if accepted:
+            self._counters.connections_opened += 1
+        else:
             self._counters.handshakes_rejected += 1
-            return False
-        self._counters.connections_opened += 1
-        return True
+        await self._send_pending_handshake_bytes()
+        return accepted
 
     async def _send_pending_handshake_bytes(self) -> None:
         data = b"".join(self._protocol.data_to_send())
