@@ -1,0 +1,402 @@
+"""The embedded sink: one SQLite file, tables named as the legacy service's (`assets`, `ticks`, `books`).
+
+Durability: the database runs in WAL mode with `synchronous=NORMAL` unless told otherwise. A commit
+then writes the WAL without fsync, so every committed batch survives a crash or `kill -9` of the
+process (the WAL is in the OS page cache), while a power loss or kernel crash may roll back the last
+few transactions (never corrupt the file). That is safe here because `Checkpoint` records commit in the
+same transaction as the trades they cover: whatever is lost is lost together with its checkpoint, and
+resume refetches it from the venue. `synchronous="full"` fsyncs every commit, for stores that cannot be
+refetched, at a cost in batches per second.
+
+Concurrency: WAL lets other processes (the console, `sqlite3` on the command line, a notebook) read
+while the daemon writes; readers see whole batches only. Writers take the lock with `BEGIN IMMEDIATE`
+so a second writing process waits for `busy_timeout` instead of failing on a lock upgrade.
+
+Speed: a batch is one transaction and one `executemany` per table over tuples built with a list
+comprehension; sqlite3's statement cache keeps the INSERTs prepared. Duplicates on the natural key are
+skipped by `INSERT OR IGNORE`, so a retried or replayed batch neither aborts nor double-stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import msgspec
+
+from ingestd.model import BookTop, Checkpoint, Record, Trade
+from ingestd.sinks.base import Sink, SinkError
+from ingestd.stats import StatsRegistry, now_us
+
+logger = logging.getLogger("ingestd.sinks.sqlite")
+
+# Long enough to ride out another writer's transaction or a WAL checkpoint; short enough that a
+# lock held for good surfaces as a SinkError (and a logged retry) instead of a silent stall.
+BUSY_TIMEOUT_S = 5.0
+
+_SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+
+# --- schema ------------------------------------------------------------------------------------
+# `PRAGMA user_version` is the schema version. _MIGRATIONS[i] moves a database from version i to
+# i + 1; a later release appends a step and never edits a shipped one.
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE IF NOT EXISTS assets (
+        asset_id  INTEGER PRIMARY KEY,
+        symbol    TEXT NOT NULL UNIQUE,
+        chain     TEXT,
+        address   TEXT,
+        sector    TEXT,
+        risk_tags TEXT  -- JSON array, e.g. '["mid-cap"]' (a TEXT[] in the legacy PostgreSQL schema)
+    )
+    """,
+    # Only the key columns are NOT NULL: SQLite stores a float NaN as NULL, and one odd price must
+    # not make a whole batch fail forever.
+    """
+    CREATE TABLE IF NOT EXISTS ticks (
+        venue    TEXT    NOT NULL,
+        symbol   TEXT    NOT NULL,
+        trade_id INTEGER NOT NULL,
+        ts       INTEGER,  -- exchange time, microseconds since the Unix epoch (UTC)
+        price    REAL,
+        qty      REAL,
+        side     TEXT,     -- taker side: 'buy' or 'sell'
+        recv_ts  INTEGER,  -- when ingestd received it, microseconds since the Unix epoch (UTC)
+        asset_id INTEGER REFERENCES assets (asset_id),
+        PRIMARY KEY (venue, symbol, trade_id)
+    ) WITHOUT ROWID
+    """,
+    # A rowid table, unlike `ticks`: SQLite advises WITHOUT ROWID only for rows under ~1/20 of a
+    # page, and a book row carries its levels as JSON.
+    """
+    CREATE TABLE IF NOT EXISTS books (
+        venue      TEXT    NOT NULL,
+        symbol     TEXT    NOT NULL,
+        update_id  INTEGER NOT NULL,
+        ts         INTEGER,
+        recv_ts    INTEGER,
+        bid_px     REAL,
+        bid_sz     REAL,
+        ask_px     REAL,
+        ask_sz     REAL,
+        spread_bps REAL,
+        bids       TEXT,  -- JSON [[price, size], ...], best first
+        asks       TEXT,
+        asset_id   INTEGER REFERENCES assets (asset_id),
+        PRIMARY KEY (venue, symbol, update_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS checkpoints (
+        venue      TEXT    NOT NULL,
+        symbol     TEXT    NOT NULL,
+        trade_id   INTEGER NOT NULL,  -- every trade with id <= trade_id is stored
+        updated_ts INTEGER NOT NULL,
+        PRIMARY KEY (venue, symbol)
+    ) WITHOUT ROWID
+    """,
+    # Views for people: ISO 8601 UTC with milliseconds, receive lag in ms.
+    """
+    CREATE VIEW IF NOT EXISTS ticks_readable AS
+    SELECT venue, symbol, trade_id,
+           strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1e6, 'unixepoch') AS time_utc,
+           price, qty, side,
+           (recv_ts - ts) / 1000.0 AS recv_lag_ms,
+           asset_id
+    FROM ticks
+    """,
+    """
+    CREATE VIEW IF NOT EXISTS books_readable AS
+    SELECT venue, symbol, update_id,
+           strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1e6, 'unixepoch') AS time_utc,
+           bid_px, bid_sz, ask_px, ask_sz, spread_bps,
+           (recv_ts - ts) / 1000.0 AS recv_lag_ms,
+           asset_id
+    FROM books
+    """,
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_INSERT_TICK = (
+    "INSERT OR IGNORE INTO ticks (venue, symbol, trade_id, ts, price, qty, side, recv_ts, asset_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_BOOK = (
+    "INSERT OR IGNORE INTO books (venue, symbol, update_id, ts, recv_ts, bid_px, bid_sz, ask_px, ask_sz,"
+    " spread_bps, bids, asks, asset_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A checkpoint only moves forward: a replayed old batch must not rewind resume.
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (venue, symbol, trade_id, updated_ts) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (venue, symbol) DO UPDATE SET trade_id = excluded.trade_id, updated_ts = excluded.updated_ts"
+    " WHERE excluded.trade_id > checkpoints.trade_id"
+)
+
+_encode_json = msgspec.json.Encoder().encode
+_decode_levels = msgspec.json.Decoder(list[tuple[float, float]]).decode
+
+
+class SqliteSink(Sink):
+    """Stores trades, book tops and checkpoints in one SQLite database file.
+
+    The pipeline calls it from worker threads, one call at a time; a lock still guards the
+    connection so the read helpers are safe to call from another thread while it runs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        synchronous: str = "normal",
+        stats: StatsRegistry | None = None,
+    ) -> None:
+        level = synchronous.lower()
+        if level not in _SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS_LEVELS}, not {synchronous!r}")
+        self.name = name
+        self.path = Path(path)
+        self.synchronous = level
+        self._stats = stats
+        self._rows_written = f"sink.{name}.rows_written"
+        self._duplicates_skipped = f"sink.{name}.duplicates_skipped"
+        self._batches = f"sink.{name}.batches"
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._asset_ids: dict[str, int] = {}  # symbol -> assets.asset_id, committed rows only
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=BUSY_TIMEOUT_S,  # sqlite3_busy_timeout
+                    isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                    # trio's thread cache may run consecutive calls on different threads; the
+                    # pipeline serializes them and self._lock guards the rest.
+                    check_same_thread=False,
+                )
+            except (OSError, sqlite3.Error) as exc:
+                raise SinkError(f"{self.name}: cannot open {self.path}: {exc}") from exc
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # validated in __init__
+                _migrate(conn, self.path)
+                self._asset_ids = dict(conn.execute("SELECT symbol, asset_id FROM assets"))
+            except BaseException as exc:
+                conn.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise SinkError(f"{self.name}: cannot prepare {self.path}: {exc}") from exc
+                raise
+            self._conn = conn
+        logger.info(
+            "sink %s: opened %s (schema v%d, synchronous=%s)", self.name, self.path, SCHEMA_VERSION, self.synchronous
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                conn.execute("PRAGMA optimize")  # what SQLite recommends before closing
+            except sqlite3.Error:
+                pass
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                logger.warning("sink %s: error while closing %s: %s", self.name, self.path, exc)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, batch: Sequence[Record]) -> None:
+        if not batch:
+            return
+        trades, books, checkpoints = _group_by_kind(batch)
+        with self._lock:
+            conn = self._connection()
+            try:
+                if trades or books:
+                    self._register_assets(conn, {r.symbol for r in trades} | {r.symbol for r in books})
+                # Rows are built before BEGIN so the write lock is held for SQLite work only.
+                asset_id = self._asset_ids.__getitem__
+                tick_rows = [
+                    (t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol))
+                    for t in trades
+                ]
+                book_rows = [
+                    (
+                        b.venue, b.symbol, b.update_id, b.ts_us, b.recv_us,
+                        b.bid_px, b.bid_sz, b.ask_px, b.ask_sz, b.spread_bps,
+                        _encode_json(b.bids).decode(), _encode_json(b.asks).decode(),
+                        asset_id(b.symbol),
+                    )
+                    for b in books
+                ]
+                inserted = _in_transaction(conn, _store_rows, tick_rows, book_rows, _checkpoint_rows(checkpoints))
+            except sqlite3.Error as exc:
+                raise SinkError(f"{self.name}: write of {len(batch)} records to {self.path} failed: {exc}") from exc
+        stats = self._stats
+        if stats is not None:
+            attempted = len(tick_rows) + len(book_rows)
+            stats.incr(self._rows_written, inserted)
+            stats.incr(self._duplicates_skipped, attempted - inserted)
+            stats.incr(self._batches)
+
+    def _register_assets(self, conn: sqlite3.Connection, symbols: set[str]) -> None:
+        """Give every new symbol an `assets` row, in its own committed transaction.
+
+        Separate from the batch transaction so the in-memory cache only ever holds committed ids:
+        a rolled-back batch cannot leave behind an id that SQLite later hands to another symbol.
+        """
+        missing = [s for s in symbols if s not in self._asset_ids]
+        if not missing:
+            return
+        found = _in_transaction(conn, _insert_assets, missing)
+        self._asset_ids.update(found)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def resume_points(self, venue: str) -> dict[str, int]:
+        return dict(self._query("SELECT symbol, trade_id FROM checkpoints WHERE venue = ?", (venue,)))
+
+    def trade_ids(self, venue: str, symbol: str) -> list[int]:
+        """Stored trade ids of one market, ascending."""
+        rows = self._query(
+            "SELECT trade_id FROM ticks WHERE venue = ? AND symbol = ? ORDER BY trade_id", (venue, symbol)
+        )
+        return [trade_id for (trade_id,) in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (a full count: for tests, the demo and operators, not the hot path)."""
+        return {
+            table: self._query(f"SELECT count(*) FROM {table}")[0][0]
+            for table in ("assets", "ticks", "books", "checkpoints")
+        }
+
+    def latest_book(self, venue: str, symbol: str) -> BookTop | None:
+        """The stored book top with the highest update id, or None."""
+        rows = self._query(
+            "SELECT venue, symbol, update_id, ts, recv_ts, bid_px, bid_sz, ask_px, ask_sz, spread_bps, bids, asks"
+            " FROM books WHERE venue = ? AND symbol = ? ORDER BY update_id DESC LIMIT 1",
+            (venue, symbol),
+        )
+        if not rows:
+            return None
+        v, s, update_id, ts, recv_ts, bid_px, bid_sz, ask_px, ask_sz, spread, bids, asks = rows[0]
+        return BookTop(
+            venue=v, symbol=s, update_id=update_id, ts_us=ts, recv_us=recv_ts,
+            bid_px=bid_px, bid_sz=bid_sz, ask_px=ask_px, ask_sz=ask_sz, spread_bps=spread,
+            bids=_decode_levels(bids), asks=_decode_levels(asks),
+        )
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise SinkError(f"{self.name}: query on {self.path} failed: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SinkError(f"{self.name}: sink is not open")
+        return self._conn
+
+
+# --- helpers (no state of their own) ------------------------------------------------------------
+
+
+def _group_by_kind(batch: Iterable[Record]) -> tuple[list[Trade], list[BookTop], list[Checkpoint]]:
+    trades: list[Trade] = []
+    books: list[BookTop] = []
+    checkpoints: list[Checkpoint] = []
+    append_to = {Trade.KIND: trades.append, BookTop.KIND: books.append, Checkpoint.KIND: checkpoints.append}
+    for record in batch:
+        try:
+            append = append_to[record.KIND]
+        except (KeyError, AttributeError):
+            # A programming error, not a store failure: no retry can fix it, so not a SinkError.
+            raise TypeError(f"SqliteSink cannot store {record!r}") from None
+        append(record)
+    return trades, books, checkpoints
+
+
+def _checkpoint_rows(checkpoints: list[Checkpoint]) -> list[tuple[str, str, int, int]]:
+    """One row per market, the highest trade id of the batch (fewer upserts, same result)."""
+    highest: dict[tuple[str, str], int] = {}
+    for cp in checkpoints:
+        key = (cp.venue, cp.symbol)
+        highest[key] = max(cp.trade_id, highest.get(key, cp.trade_id))
+    updated = now_us()
+    return [(venue, symbol, trade_id, updated) for (venue, symbol), trade_id in highest.items()]
+
+
+def _in_transaction(conn: sqlite3.Connection, work, *args):
+    """Run `work(conn, *args)` inside BEGIN IMMEDIATE ... COMMIT; roll back on any exception.
+
+    IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait (busy_timeout)
+    rather than fail on a read-to-write lock upgrade.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        # Rolling back on every exception, not only sqlite3.Error, keeps the connection usable:
+        # a transaction left open would make every later BEGIN fail.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+    return result
+
+
+def _store_rows(conn: sqlite3.Connection, tick_rows: list, book_rows: list, checkpoint_rows: list) -> int:
+    """Insert data rows and apply checkpoints; returns how many data rows were new."""
+    inserted = 0
+    if tick_rows:
+        inserted += conn.executemany(_INSERT_TICK, tick_rows).rowcount  # summed over the rows
+    if book_rows:
+        inserted += conn.executemany(_INSERT_BOOK, book_rows).rowcount
+    if checkpoint_rows:
+        conn.executemany(_UPSERT_CHECKPOINT, checkpoint_rows)
+    return inserted
+
+
+def _insert_assets(conn: sqlite3.Connection, symbols: list[str]) -> dict[str, int]:
+    # OR IGNORE: another process (or an operator's INSERT) may have registered it meanwhile.
+    conn.executemany("INSERT OR IGNORE INTO assets (symbol) VALUES (?)", [(s,) for s in symbols])
+    select = "SELECT asset_id FROM assets WHERE symbol = ?"
+    return {s: conn.execute(select, (s,)).fetchone()[0] for s in symbols}
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION; the version is read inside the write transaction so two
+    processes opening a fresh file at once cannot both apply the same step."""
+
+    def apply(conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path} has schema v{version}, newer than this ingestd understands (v{SCHEMA_VERSION})"
+            )
+        for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")  # transactional: stored in the file header
+
+    _in_transaction(conn, apply)
