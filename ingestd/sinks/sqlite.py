@@ -190,14 +190,17 @@ class SqliteSink(Sink):
             except (OSError, sqlite3.Error) as exc:
                 raise SinkError(f"{self.name}: cannot open {self.path}: {exc}") from exc
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                if mode != "wal":  # e.g. a file system without shared memory: readers would block us
+                    logger.warning("sink %s: %s stays in journal_mode=%s, not WAL", self.name, self.path, mode)
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # validated in __init__
                 _migrate(conn, self.path)
                 self._asset_ids = dict(conn.execute("SELECT symbol, asset_id FROM assets"))
-            except BaseException as exc:
+            except sqlite3.Error as exc:
                 conn.close()
-                if isinstance(exc, sqlite3.Error):
-                    raise SinkError(f"{self.name}: cannot prepare {self.path}: {exc}") from exc
+                raise SinkError(f"{self.name}: cannot prepare {self.path}: {exc}") from exc
+            except BaseException:  # e.g. the schema is newer than this code: not retriable
+                conn.close()
                 raise
             self._conn = conn
         logger.info(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -265,6 +269,47 @@ def test_another_connection_reads_whole_batches_while_writing(sink: SqliteSink, 
     assert all(n % batch_size == 0 for n in seen), "a reader saw part of a batch"
     assert seen[-1] == batches * batch_size
     assert len(set(seen)) > 2, "the reader never overlapped the writer"
+
+
+_WRITE_UNTIL_KILLED = """
+import sys
+from ingestd.model import Checkpoint, Trade
+from ingestd.sinks.sqlite import SqliteSink
+
+sink = SqliteSink("local", sys.argv[1])
+sink.open()
+for b in range(1_000_000):
+    batch = [Trade("binance", "BTCUSDT", b * 100 + i, 1.0, 1.0, "buy", 0, 0) for i in range(100)]
+    sink.write([*batch, Checkpoint("binance", "BTCUSDT", b * 100 + 99)])
+    print(b, flush=True)  # batch b is committed
+"""
+
+
+def test_committed_batches_survive_kill_9(db_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    db_path.parent.mkdir(parents=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITE_UNTIL_KILLED, str(db_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in writer.stdout:
+            if int(line) >= 20:
+                break
+        writer.send_signal(signal.SIGKILL)  # mid-stream, most likely inside a transaction
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    sink = SqliteSink("local", db_path)
+    sink.open()
+    try:
+        ids = sink.trade_ids("binance", "BTCUSDT")
+        assert len(ids) >= 21 * 100, "a batch reported committed was lost"
+        assert ids == list(range(len(ids))), "a batch was stored in part"
+        assert sink.resume_points("binance") == {"BTCUSDT": ids[-1]}, "checkpoint and data disagree"
+    finally:
+        sink.close()
 
 
 @settings(max_examples=40, deadline=None)
