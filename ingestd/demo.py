@@ -101,7 +101,7 @@ def summary_line(stats: StatsRegistry, elapsed: float, last_trades: int) -> str:
 
     return (
         f"[{elapsed:5.0f}s] trades {trades:,} (+{trades - last_trades:,}/s) "
-        f"stored {c.get('sink.local.rows_written', 0):,} | conns {up}/{int(stats.gauges.get('binance.connections_planned', 0))} "
+        f"rows stored {c.get('sink.local.rows_written', 0):,} | conns {up}/{int(stats.gauges.get('binance.connections_planned', 0))} "
         f"| books live {int(stats.gauges.get('binance.books_live', 0))}/{int(stats.gauges.get('binance.symbols', 0))} "
         f"| lag p50 {ms(lag['p50_us'])} ms p99 {ms(lag['p99_us'])} ms "
         f"| gaps {c.get('binance.gaps', 0)} backfilled {c.get('binance.trades_backfilled', 0)} "

@@ -27,6 +27,7 @@ _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, loggi
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 _HANDLER_NAME = "ingestd"
+_NOISY_LIBRARIES = ("httpx", "httpcore", "websockets", "hpack")
 
 
 def _syslog_priority(levelno: int) -> int:
@@ -102,6 +103,10 @@ def setup_logging(level: str, *, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Libraries that log every request or connection at INFO would drown our own lines; their
+    # warnings and errors still come through.
+    for noisy in _NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 class RateLimitedLog:

@@ -72,7 +72,7 @@ async def run_daemon(
         for sink in sinks
     ]
     router = Router(runners)
-    stop = stop or trio.Event()
+    stop = trio.Event() if stop is None else stop
 
     work_scope = trio.CancelScope()
 
