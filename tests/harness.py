@@ -56,6 +56,7 @@ class SimProcess:
 
 def start_sim(tmp: Path, *args: str) -> SimProcess:
     ports = tmp / "sim-ports.json"
+    ports.unlink(missing_ok=True)  # a stale file would point at a dead simulator
     log_path = tmp / "sim.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingestd", "sim", "--ports-file", str(ports), *args],

@@ -491,7 +491,7 @@ class BinanceFeed:
                 kind = type(ev)
                 if kind is Problem:
                     stats.incr(f"binance.decode_errors.{ev.kind}")
-                    self._rl.log(log, logging.WARNING, ev.kind, "bad frame skipped", kind=ev.kind, detail=ev.detail[:200])
+                    self._rl.log(log, logging.WARNING, ev.kind, "bad frame skipped", problem=ev.kind, detail=ev.detail[:200])
                 elif kind is ServerShutdown:
                     stats.incr("binance.server_shutdowns")
                     log.info("venue announced shutdown; replacing connection", extra={"conn": handle.conn_id})
