@@ -61,10 +61,16 @@ def _payload_of(frame: memoryview) -> memoryview:
 
 class BlastTape:
     def __init__(self, market: Market, count: int) -> None:
-        """Generate `count` trades over the market's active symbols (this mutates the market)."""
+        """Generate `count` trades over the market's active symbols (this mutates the market).
+
+        Frames are encoded up front for combined-stream connections (what a multi-symbol consumer
+        uses); the raw-stream variant is derived from them on first use.
+        """
         self.symbols: tuple[str, ...] = market.active_symbols
+        streams = [stream_name(symbol, TRADE) for symbol in self.symbols]
         symbol_numbers = {symbol: number for number, symbol in enumerate(self.symbols)}
         self._symbol_of_frame = array("H")
+        self._wrapper_prefix_lengths = [len(combined_message(stream, b"")) - 1 for stream in streams]
         generated_at = time.time_ns() // 1_000_000
 
         def generate() -> Iterable[bytes]:
@@ -73,31 +79,32 @@ class BlastTape:
                 assert symbol is not None
                 payload = market.step_trade(symbol, generated_at)
                 payload["E"] = payload["T"] = _PLACEHOLDER_MS
-                self._symbol_of_frame.append(symbol_numbers[symbol])
-                yield text_frame(_encode(payload))
+                number = symbol_numbers[symbol]
+                self._symbol_of_frame.append(number)
+                yield text_frame(combined_message(streams[number], _encode(payload)))
 
-        self._raw = FrameStore(generate())
-        self._combined: FrameStore | None = None
-        self._combined_lock = trio.Lock()
+        self._combined = FrameStore(generate())
+        self._raw: FrameStore | None = None
+        self._raw_lock = trio.Lock()
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._combined)
 
     async def frames(self, combined: bool) -> FrameStore:
-        """The frame store for raw or combined connections; the combined one is built on first use."""
-        if not combined:
-            return self._raw
-        async with self._combined_lock:
-            if self._combined is None:
-                # Wrapping a million frames takes about a second: keep the event loop responsive.
-                self._combined = await trio.to_thread.run_sync(self._build_combined)
+        """The frame store for combined or raw connections; the raw one is built on first use."""
+        if combined:
             return self._combined
+        async with self._raw_lock:
+            if self._raw is None:
+                # Re-framing a million messages takes about a second: keep the event loop responsive.
+                self._raw = await trio.to_thread.run_sync(self._build_raw)
+            return self._raw
 
-    def _build_combined(self) -> FrameStore:
-        streams = [stream_name(symbol, TRADE) for symbol in self.symbols]
+    def _build_raw(self) -> FrameStore:
+        prefix_lengths = self._wrapper_prefix_lengths
         return FrameStore(
-            text_frame(combined_message(streams[self._symbol_of_frame[i]], bytes(_payload_of(self._raw.frame(i)))))
-            for i in range(len(self._raw))
+            text_frame(bytes(_payload_of(self._combined.frame(i))[prefix_lengths[self._symbol_of_frame[i]] : -1]))
+            for i in range(len(self._combined))
         )
 
     def selection(self, symbols: Collection[str]) -> array | None:
