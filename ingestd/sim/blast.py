@@ -1,8 +1,10 @@
 """Blast mode: pre-generated trades, pre-encoded as server WebSocket frames, for benchmarks.
 
 All trades are generated up front (so they are in the ground truth before any client connects) and
-each is encoded once as a complete unmasked text frame, back to back in one buffer. A connection then
-streams slices of that buffer: no JSON encoding and no per-frame Python work on the hot path.
+each is encoded once as a complete unmasked text frame, back to back in one buffer (combined-stream
+frames at start-up, raw-stream frames on first use). A connection then streams slices of that buffer:
+no JSON encoding and no per-frame Python work on the hot path. A connection subscribed to only some
+of the symbols gets their frames gathered from the same buffer.
 
 So that consumers can measure latency, the `E` and `T` fields carry the send time, not the generation
 time: frames are encoded with a 13-digit placeholder (same width as an epoch-ms timestamp, so frame

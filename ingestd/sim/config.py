@@ -41,7 +41,8 @@ class SimConfig:
     shutdown_grace_s: float = 3.0  # then the connection is closed this much later
     max_connection_age_s: float | None = None  # Binance closes connections at 24 h
 
-    # WebSocket limits and keepalive, Binance's values by default.
+    # WebSocket limits and keepalive, Binance's values by default. Pongs count as incoming messages,
+    # so a ping_interval_s under 1/max_incoming_per_s gets well-behaved clients disconnected.
     ping_interval_s: float = 20.0
     pong_timeout_s: float = 60.0
     max_incoming_per_s: int = 5
@@ -62,6 +63,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if isinstance(self.symbols, int):
             self.symbols = default_symbols(self.symbols)
+        elif isinstance(self.symbols, str):  # "BTCUSDT,ETHUSDT", not a sequence of letters
+            self.symbols = [s.strip().upper() for s in self.symbols.split(",") if s.strip()]
         else:
             self.symbols = [s.upper() for s in self.symbols]
         if not self.symbols:

@@ -15,8 +15,8 @@ import trio
 
 from ingestd.sim.depth_coalescer import DepthCoalescer
 from ingestd.sim.market import MarketEvent, agg_trade_from_trade
-from ingestd.sim.wall_clock import wall_ms
 from ingestd.sim.stream_names import AGG_TRADE, DEPTH_100MS, DEPTH_1000MS, DEPTH_INTERVAL_MS, TRADE, stream_name
+from ingestd.sim.wall_clock import wall_ms
 
 if TYPE_CHECKING:
     from ingestd.sim.server import Simulator

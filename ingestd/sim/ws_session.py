@@ -27,8 +27,8 @@ from websockets.server import ServerProtocol
 
 from ingestd.sim.blast import FRAMES_PER_CHUNK, BlastCursor
 from ingestd.sim.sliding_window import SlidingWindowCounter
-from ingestd.sim.wall_clock import wall_ms
 from ingestd.sim.stream_names import TRADE, TargetError, parse_stream_name, parse_ws_target
+from ingestd.sim.wall_clock import wall_ms
 from ingestd.sim.ws_control import handle_control_message
 from ingestd.sim.ws_frames import text_frame
 

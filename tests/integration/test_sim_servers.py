@@ -204,7 +204,8 @@ async def test_unknown_streams_are_refused_at_the_handshake():
 
 @pytest.mark.trio
 async def test_server_pings_and_keeps_a_client_that_pongs():
-    async with running_sim(rate=0, ping_interval_s=0.05, pong_timeout_s=0.15) as sim:
+    # Pongs count towards the incoming-message limit; with pings this frequent, lift the limit.
+    async with running_sim(rate=0, ping_interval_s=0.05, pong_timeout_s=0.15, max_incoming_per_s=1000) as sim:
         client = await WsClient.connect(sim.ws_url + "/ws/btcusdt@trade")
         pings = [await client.next_frame() for _ in range(6)]  # 0.3 s: well past the pong timeout
         assert all(frame is not None and frame.opcode is Opcode.PING and frame.data for frame in pings)
@@ -394,7 +395,7 @@ async def test_snapshot_plus_diffs_matches_the_reference_book_at_a_pause():
 
 @pytest.mark.trio
 async def test_pings_keep_flowing_while_paused():
-    async with running_sim(ping_interval_s=0.05) as sim:
+    async with running_sim(ping_interval_s=0.05, max_incoming_per_s=1000) as sim:
         sim.pause()
         client = await WsClient.connect(sim.ws_url + "/ws/btcusdt@trade")
         frames = [await client.next_frame() for _ in range(3)]
