@@ -7,16 +7,35 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import h11
 import trio
 
 from ingestd.sim.rest_api import RestApi, RestResponse
 
+if TYPE_CHECKING:
+    from ingestd.sim.server import Simulator
+
 MAX_READ = 64 * 1024
 SERVER_HEADER = ("Server", "ingestd-sim")
 
 log = logging.getLogger(__name__)
+
+
+async def serve_rest(
+    sim: Simulator, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen on config.host:config.rest_port; reports the listeners once bound, then runs until cancelled."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        sim.counters.rest_connections += 1
+        try:
+            await serve_rest_connection(stream, sim.rest_api, sim.config.slow_ms)
+        except Exception:
+            log.exception("REST connection crashed")
+
+    await trio.serve_tcp(handle, sim.config.rest_port, host=sim.config.host, task_status=task_status)
 
 
 async def serve_rest_connection(stream: trio.SocketStream, api: RestApi, slow_ms: float) -> None:

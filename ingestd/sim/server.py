@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import itertools
-import logging
-from functools import partial
 from typing import Any
 
 import trio
@@ -22,10 +19,9 @@ from ingestd.sim.fanout import FanOut
 from ingestd.sim.live_events import LiveEvents
 from ingestd.sim.market import Market
 from ingestd.sim.rest_api import RestApi
-from ingestd.sim.rest_server import serve_rest_connection
+from ingestd.sim.rest_server import serve_rest
+from ingestd.sim.ws_server import serve_websocket
 from ingestd.sim.ws_session import WsSession
-
-log = logging.getLogger(__name__)
 
 
 class Simulator:
@@ -104,20 +100,9 @@ async def serve(config: SimConfig, *, task_status: trio.TaskStatus[Simulator] = 
     sim = Simulator(config)
     if config.blast_trades:
         sim.blast_tape = await trio.to_thread.run_sync(BlastTape, sim.market, config.blast_trades)
-    session_ids = itertools.count(1)
-
-    async def handle_ws(stream: trio.SocketStream) -> None:
-        await _contain_crash(WsSession(sim, stream, next(session_ids)).run(), "WebSocket connection")
-
-    async def handle_rest(stream: trio.SocketStream) -> None:
-        sim.counters.rest_connections += 1
-        await _contain_crash(serve_rest_connection(stream, sim.rest_api, config.slow_ms), "REST connection")
-
     async with trio.open_nursery() as nursery:
-        ws_listeners = await nursery.start(partial(trio.serve_tcp, host=config.host), handle_ws, config.ws_port)
-        rest_listeners = await nursery.start(partial(trio.serve_tcp, host=config.host), handle_rest, config.rest_port)
-        sim.ws_url = "ws://" + _address(ws_listeners)
-        sim.rest_url = "http://" + _address(rest_listeners)
+        sim.ws_url = "ws://" + _address(await nursery.start(serve_websocket, sim))
+        sim.rest_url = "http://" + _address(await nursery.start(serve_rest, sim))
         nursery.start_soon(sim.live.run)
         if config.drop_every_s is not None:
             nursery.start_soon(_drop_periodically, sim, config.drop_every_s)
@@ -128,14 +113,6 @@ async def _drop_periodically(sim: Simulator, every_s: float) -> None:
     while True:
         await trio.sleep(every_s)
         sim.drop_connections()
-
-
-async def _contain_crash(coroutine: Any, what: str) -> None:
-    # One broken connection must not take the whole simulator (and every test using it) down.
-    try:
-        await coroutine
-    except Exception:
-        log.exception("%s crashed", what)
 
 
 def _address(listeners: list[trio.SocketListener]) -> str:
