@@ -96,7 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     market.add_argument("--seed", type=int, default=defaults.seed, help="seed; the same seed replays the same market")
     market.add_argument(
-        "--rate", type=nonneg_float, default=defaults.rate, help="market events per second over all symbols (default: %(default)s)"
+        "--rate",
+        type=nonneg_float,
+        default=defaults.rate,
+        help="market events per second over all symbols (default: %(default)s)",
     )
     market.add_argument(
         "--depth-ratio",
@@ -116,7 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     faults = parser.add_argument_group("WebSocket faults (all off by default)")
     faults.add_argument(
-        "--drop-every", type=float, metavar="SECONDS", help="cut every connection's TCP stream this often, without a close frame"
+        "--drop-every",
+        type=float,
+        metavar="SECONDS",
+        help="cut every connection's TCP stream this often, without a close frame",
     )
     faults.add_argument(
         "--drop-rate",
@@ -150,7 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="close connections older than this (Binance: 24 h)",
     )
     faults.add_argument(
-        "--ping-interval", type=float, default=defaults.ping_interval_s, metavar="SECONDS", help="server ping period (default: %(default)s)"
+        "--ping-interval",
+        type=float,
+        default=defaults.ping_interval_s,
+        metavar="SECONDS",
+        help="server ping period; pongs count towards the 5 messages/s limit (default: %(default)s)",
     )
     faults.add_argument(
         "--pong-timeout",
@@ -176,7 +186,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length of the weight window (default: %(default)s; Binance: 60)",
     )
     rest.add_argument(
-        "--ban", type=float, default=defaults.ban_s, metavar="SECONDS", help="Retry-After of a 418 ban (default: %(default)s)"
+        "--ban",
+        type=float,
+        default=defaults.ban_s,
+        metavar="SECONDS",
+        help="Retry-After of a 418 ban (default: %(default)s)",
     )
 
     bench = parser.add_argument_group("benchmarks")
@@ -195,7 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     run_for = parser.add_argument_group("run")
-    run_for.add_argument("--duration", type=float, metavar="SECONDS", help="exit after this long (default: until SIGINT/SIGTERM)")
+    run_for.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="exit after this long (default: until SIGINT/SIGTERM)"
+    )
     run_for.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
 
 
@@ -251,7 +267,8 @@ async def _main(config: SimConfig, ports_file: Path | None, duration: float | No
             config.blast_trades,
         )
         if ports_file is not None:
-            _write_atomically(ports_file, json.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url, "pid": os.getpid()}))
+            ports = {"ws_url": sim.ws_url, "rest_url": sim.rest_url, "pid": os.getpid()}
+            _write_atomically(ports_file, json.dumps(ports))
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         if duration is not None:
             nursery.cancel_scope.deadline = trio.current_time() + duration

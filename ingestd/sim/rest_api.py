@@ -76,7 +76,9 @@ class Params:
         if value is None:
             return default
         if not value.isdigit() or len(value) > 20:
-            raise ApiError(400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+            raise ApiError(
+                400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+            )
         return int(value)
 
     def trades_limit(self) -> int:

@@ -89,7 +89,9 @@ def consume_bare(sock: socket.socket, expected: int, already: bytes) -> tuple[in
     return count, total, last
 
 
-def consume_decoded(sock: socket.socket, protocol: ClientProtocol, expected: int, already: bytes) -> tuple[int, int, bytes]:
+def consume_decoded(
+    sock: socket.socket, protocol: ClientProtocol, expected: int, already: bytes
+) -> tuple[int, int, bytes]:
     decode = msgspec.json.decode
     count, total, last = 0, len(already), already
     if already:

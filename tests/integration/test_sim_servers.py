@@ -413,7 +413,8 @@ async def test_blast_sends_every_pregenerated_trade_stamped_with_send_time():
         client = await WsClient.connect(sim.ws_url + "/stream?streams=btcusdt@trade/solusdt@trade")
         before = trio.current_time()
         wall_before = time.time() * 1000
-        trades = trades_of(await client.messages(len(sim.truth("BTCUSDT")["BTCUSDT"]) + len(sim.truth("SOLUSDT")["SOLUSDT"])))
+        expected = len(sim.truth("BTCUSDT")["BTCUSDT"]) + len(sim.truth("SOLUSDT")["SOLUSDT"])
+        trades = trades_of(await client.messages(expected))
         assert trio.current_time() - before < 5
         for symbol in ("BTCUSDT", "SOLUSDT"):
             assert [t["t"] for t in trades if t["s"] == symbol] == list(sim.truth(symbol)[symbol])
@@ -453,7 +454,8 @@ async def test_rest_endpoints_weights_and_keep_alive():
             await trio.sleep(0.1)  # let some trades happen
             recent = (await rest.get("/api/v3/trades", params={"symbol": "BTCUSDT", "limit": 3})).json()
             first = recent[0]["id"]
-            historical = await rest.get("/api/v3/historicalTrades", params={"symbol": "BTCUSDT", "fromId": first, "limit": 2})
+            params = {"symbol": "BTCUSDT", "fromId": first, "limit": 2}
+            historical = await rest.get("/api/v3/historicalTrades", params=params)
             assert [t["id"] for t in historical.json()] == [first, first + 1]
             agg = await rest.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "fromId": first, "limit": 1})
             assert agg.json()[0]["a"] == agg.json()[0]["f"] == agg.json()[0]["l"] == first

@@ -161,7 +161,8 @@ def test_historical_trades_pages_from_an_id_and_defaults_to_the_most_recent():
     assert [t["id"] for t in market.historical_trades("BTCUSDT", limit=3)] == [first + 47, first + 48, first + 49]
     assert market.historical_trades("BTCUSDT", from_id=first + 48, limit=10)[-1]["id"] == first + 49
     assert market.historical_trades("BTCUSDT", from_id=first + 50) == []
-    assert market.historical_trades("BTCUSDT", from_id=1, limit=2)[0]["id"] == first  # older than all: start at the oldest
+    # A fromId older than every trade starts at the oldest one.
+    assert market.historical_trades("BTCUSDT", from_id=1, limit=2)[0]["id"] == first
 
 
 def test_paging_historical_trades_walks_the_whole_history():
@@ -208,7 +209,13 @@ def test_default_symbols_start_real_looking_then_synthetic():
 
 @pytest.mark.parametrize(
     "units, decimals, text",
-    [(6500000, 2, "65000.00000000"), (5200, 4, "0.52000000"), (1, 13, "0.00000000"), (123456789, 10, "0.01234567"), (7, 0, "7.00000000")],
+    [
+        (6500000, 2, "65000.00000000"),
+        (5200, 4, "0.52000000"),
+        (1, 13, "0.00000000"),
+        (123456789, 10, "0.01234567"),
+        (7, 0, "7.00000000"),
+    ],
 )
 def test_fixed_point_rendering(units, decimals, text):
     assert render(units, decimals) == text

@@ -87,13 +87,15 @@ def test_invalid_requests_get_binance_error_replies(text, code, phrase):
 
 
 def test_too_many_streams_is_refused():
-    out = control('{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@trade"],"id":9}', ["btcusdt@depth"], max_streams=2)
+    request = '{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@trade"],"id":9}'
+    out = control(request, ["btcusdt@depth"], max_streams=2)
     assert out.reply["code"] == 2 and "too many streams" in out.reply["msg"] and out.reply["id"] == 9
 
 
 def test_combined_property():
     assert control('{"method":"SET_PROPERTY","params":["combined",true],"id":5}').combined is True
-    assert control('{"method":"GET_PROPERTY","params":["combined"],"id":2}', combined=True).reply == {"result": True, "id": 2}
+    out = control('{"method":"GET_PROPERTY","params":["combined"],"id":2}', combined=True)
+    assert out.reply == {"result": True, "id": 2}
 
 
 # ----- stream names and request targets ------------------------------------------------------------
