@@ -76,6 +76,22 @@ def test_one_stored_row_does_not_discard_the_rest_of_the_batch(sink: SqliteSink,
     assert counters(stats) == (10, 1, 2)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 1023, 1024, 1025, 2048, 2049, 5000])
+def test_batches_of_any_size_straddling_statements_store_each_row_once(
+    sink: SqliteSink, stats: StatsRegistry, size: int
+) -> None:
+    sink.write([trade(size - 1)])  # a duplicate where one statement may end
+    sink.write([trade(i) for i in range(size)] + [trade(0)])  # and one last, copied to pad the last statement
+    assert sink.trade_ids("binance", "BTCUSDT") == list(range(size))
+    assert counters(stats)[:2] == (size, 2)
+
+
+def test_a_low_variable_limit_makes_smaller_statements(sink: SqliteSink) -> None:
+    sink._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # statements of 8 tick rows, 4 book rows
+    sink.write([trade(i) for i in range(50)] + [book(i) for i in range(20)])
+    assert sink.counts()["ticks"] == 50 and sink.counts()["books"] == 20
+
+
 def test_rows_are_stored_verbatim(sink: SqliteSink, db_path: Path) -> None:
     sink.write([trade(7), book(9)])
     with sqlite3.connect(db_path) as reader:
@@ -94,7 +110,7 @@ def test_latest_book_round_trips(sink: SqliteSink) -> None:
 
 
 def test_checkpoint_keeps_the_highest_trade_id(sink: SqliteSink) -> None:
-    sink.write([Checkpoint("binance", "BTCUSDT", 7), Checkpoint("binance", "BTCUSDT", 9), Checkpoint("binance", "BTCUSDT", 8)])
+    sink.write([Checkpoint("binance", "BTCUSDT", i) for i in (7, 9, 8)])
     assert sink.resume_points("binance") == {"BTCUSDT": 9}
     sink.write([Checkpoint("binance", "BTCUSDT", 5)])  # a replayed old batch must not rewind resume
     assert sink.resume_points("binance") == {"BTCUSDT": 9}
