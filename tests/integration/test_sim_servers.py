@@ -423,6 +423,18 @@ async def test_blast_sends_every_pregenerated_trade_stamped_with_send_time():
         await client.aclose()
 
 
+@pytest.mark.trio
+async def test_blast_rate_paces_the_offered_load():
+    async with running_sim(symbols=["BTCUSDT"], blast_trades=600, blast_rate=2000) as sim:
+        client = await WsClient.connect(sim.ws_url + "/ws/btcusdt@trade")
+        start = trio.current_time()
+        trades = await client.messages(600)
+        elapsed = trio.current_time() - start
+        assert 0.25 <= elapsed < 1.0, f"600 trades at 2000/s should take about 0.3 s, took {elapsed:.2f} s"
+        assert [t["t"] for t in trades] == list(sim.truth("BTCUSDT")["BTCUSDT"])
+        await client.aclose()
+
+
 # ----- REST ---------------------------------------------------------------------------------------
 
 
