@@ -75,6 +75,9 @@ class SinkRunner:
         # closes (see `_attach_producer`); capacity is counted in chunks, not records.
         self.send_channel, self._receive_channel = trio.open_memory_channel[list[Record]](capacity)
         self._producers = 0
+        # Its own thread token, one at a time: sink calls never overlap, and a burst of other
+        # to_thread users (DNS lookups, file I/O) cannot starve the sink of trio's default 40.
+        self._sink_thread = trio.CapacityLimiter(1)
         self._component = f"sink.{sink.name}"
         self._write_errors = f"sink.{sink.name}.write_errors"
         self._unreported_failures = 0
@@ -85,7 +88,7 @@ class SinkRunner:
         """Open the sink (in a thread), call task_status.started(), then batch and write until the input
         channel is closed AND drained, write the final partial batch, close the sink, return."""
         async with self._receive_channel:  # if we die, producers get BrokenResourceError, not a hang
-            await trio.to_thread.run_sync(self.sink.open)
+            await trio.to_thread.run_sync(self.sink.open, limiter=self._sink_thread)
             try:
                 self.stats.heartbeat(self._component)
                 task_status.started()
@@ -95,7 +98,7 @@ class SinkRunner:
                     nursery.start_soon(self._write_batches, batches_receive)
             finally:
                 with trio.CancelScope(shield=True):  # a cancelled run still releases its connection
-                    await trio.to_thread.run_sync(self.sink.close)
+                    await trio.to_thread.run_sync(self.sink.close, limiter=self._sink_thread)
         logger.info("sink %s: drained and closed", self.sink.name)
 
     # --- batcher -------------------------------------------------------------------------------
@@ -144,7 +147,7 @@ class SinkRunner:
         while True:
             try:
                 # Not abandon_on_cancel: a sink call always finishes, so calls never overlap.
-                await trio.to_thread.run_sync(self.sink.write, batch)
+                await trio.to_thread.run_sync(self.sink.write, batch, limiter=self._sink_thread)
                 break
             except SinkError as exc:
                 self.stats.incr(self._write_errors)

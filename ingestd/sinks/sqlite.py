@@ -14,8 +14,8 @@ so a second writing process waits for `busy_timeout` instead of failing on a loc
 
 Speed, and the GIL: the worker thread shares the GIL with the trio thread, which is busy decoding at
 high rates. sqlite3 releases the GIL around every `sqlite3_step`, and taking it back from a busy
-thread can take the whole switch interval (5 ms), so `executemany`, one step per row, collapsed to
-1.5k rows/s next to a busy thread (300k+ alone). Rows therefore go in multi-row
+thread can take the whole switch interval (5 ms), so `executemany`, one step per row, fell from
+~420k rows/s alone to ~6k beside a busy thread (bench/sqlite_sink.py). Rows therefore go in multi-row
 `INSERT ... VALUES (...), (...), ...` statements of up to 2048 rows bound from one flat list: a
 batch costs a handful of GIL round trips, and SQLite does the inserting with the GIL released, on
 the other core. A batch is one transaction; duplicates on the natural key are skipped by
