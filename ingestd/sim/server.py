@@ -69,7 +69,7 @@ class Simulator:
         """Cut every WebSocket connection's TCP stream now, without a close frame."""
         sessions = list(self.sessions)
         for session in sessions:
-            session.abort()
+            session.abort("dropped on purpose (drop_every_s or /_sim/drop)")
         self.counters.drops += len(sessions)
         return len(sessions)
 

@@ -13,6 +13,7 @@ socket, so frames are never interleaved mid-write.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,11 @@ MAX_READ = 64 * 1024
 MAX_INCOMING_MESSAGE = 64 * 1024
 _COUNTED_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG)
 
+log = logging.getLogger(__name__)
+# websockets logs every open and close at INFO; the session's own lines say more (streams, why it ended).
+_protocol_log = logging.getLogger("ingestd.sim.websockets")
+_protocol_log.setLevel(logging.WARNING)
+
 
 class WsSession:
     def __init__(self, sim: Simulator, stream: trio.SocketStream, session_id: int) -> None:
@@ -53,7 +59,8 @@ class WsSession:
         self._config = sim.config
         self._counters = sim.counters
         self._stream = stream
-        self._protocol = ServerProtocol(max_size=MAX_INCOMING_MESSAGE)
+        self._protocol = ServerProtocol(max_size=MAX_INCOMING_MESSAGE, logger=_protocol_log)
+        self._end_reason = "client went away"
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._eof_queued = False
@@ -75,6 +82,7 @@ class WsSession:
             with self._cancel_scope:
                 if not await self._handshake():
                     return
+                log.info("ws#%d open: %s streams, combined=%s", self.id, len(self.streams), self.combined)
                 self.sim.sessions.add(self)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -92,6 +100,8 @@ class WsSession:
             pass  # the client went away; nothing to clean up beyond closing the socket
         finally:
             await trio.aclose_forcefully(self._stream)
+            if self._nursery is not None:
+                log.info("ws#%d closed: %s", self.id, self._end_reason)
 
     async def _end_session_after(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run the reader or the writer; when either stops, for whatever reason, the session is over."""
@@ -108,8 +118,10 @@ class WsSession:
         for name in self.streams:
             self.sim.fanout.unsubscribe(self, name)
 
-    def abort(self) -> None:
+    def abort(self, reason: str) -> None:
         """Cut the TCP connection now, without a close frame (a network failure, as seen by the client)."""
+        if not self._closing:
+            self._end_reason = reason
         self._closing = True
         self._detach()  # at once, so the session stops counting as open before its task unwinds
         self._cancel_scope.cancel()
@@ -119,6 +131,7 @@ class WsSession:
         if self._closing:
             return
         self._closing = True
+        self._end_reason = f"closed by the server ({code} {reason})"
         if self._protocol.state is State.OPEN:
             self._protocol.send_close(code, reason)
             self._pump_protocol()
@@ -249,7 +262,7 @@ class WsSession:
         self._outbox_bytes += len(frame)
         if self._outbox_bytes > self._config.send_buffer_bytes:
             self._counters.slow_consumer_closes += 1
-            self.abort()
+            self.abort(f"slow consumer: more than {self._config.send_buffer_bytes} bytes queued")
             return False
         self._writer_wakeup.set()
         return True
@@ -342,7 +355,7 @@ class WsSession:
             now = trio.current_time()
             if self._outstanding_pings and next(iter(self._outstanding_pings.values())) + timeout <= now:
                 self._counters.pong_timeouts += 1
-                self.abort()
+                self.abort(f"no pong within {timeout:g} s")
                 return
             if now >= next_ping:
                 next_ping = now + interval
