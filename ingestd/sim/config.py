@@ -31,7 +31,7 @@ class SimConfig:
     rate: float = 200.0
     depth_ratio: float = 0.5
     min_book_levels: int = 20
-    max_book_levels: int = 200
+    max_book_levels: int = 100  # per side; a depth snapshot with limit >= 100 is the whole book
 
     # WebSocket faults.
     drop_every_s: float | None = None  # abruptly close every connection's TCP stream this often

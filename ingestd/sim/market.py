@@ -108,7 +108,7 @@ class Market:
         *,
         depth_ratio: float = 0.5,
         min_levels: int = 20,
-        max_levels: int = 200,
+        max_levels: int = 100,
         halted: Collection[str] = (),
     ) -> None:
         if not symbols:
