@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 class SimCounters:
     frames_sent: int = 0  # real data frames queued to connections (live fan-out)
     frames_dropped: int = 0  # data frames skipped on purpose (drop_rate)
+    dropped_tails_released: int = 0  # dropped last-frames-of-a-stream sent late at a pause
     malformed_sent: int = 0  # bad frames queued to connections (malformed_rate)
     blast_frames_sent: int = 0  # pre-encoded trade frames written in blast mode
     connections_opened: int = 0  # completed WebSocket handshakes

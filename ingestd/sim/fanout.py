@@ -4,6 +4,11 @@ Each message is encoded once per style (raw or combined) and the same frame byte
 subscriber. Faults are applied here: drop_rate is decided per connection with the connection's own
 RNG (two connections lose different frames), malformed_rate once per published message (every
 subscriber gets the same bad frame, just before the real one).
+
+A dropped frame is detectable only through the next frame on its stream (a jump in trade ids or
+update ids). When the market pauses, a stream whose latest frame was dropped would never get that
+next frame, so `release_dropped_tails` sends those last frames late: at a quiescent point every
+loss has become visible, and a consumer that repairs gaps can converge on the ground truth.
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ class FanOut:
         self._malformed_rate = malformed_rate
         self._fault_rng = random.Random(f"{seed}/malformed")
         self._subscribers: dict[str, set[Subscriber]] = {}
+        # (subscriber, stream) -> the stream's latest frame, when that frame was dropped for them.
+        self._dropped_tails: dict[tuple[Subscriber, str], bytes] = {}
 
     def subscribe(self, subscriber: Subscriber, stream: str) -> None:
         self._subscribers.setdefault(stream, set()).add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber, stream: str) -> None:
+        self._dropped_tails.pop((subscriber, stream), None)
         subscribers = self._subscribers.get(stream)
         if subscribers is not None:
             subscribers.discard(subscriber)
@@ -66,14 +74,25 @@ class FanOut:
         raw_frame = combined_frame = None
         drop_rate = self._drop_rate
         for subscriber in subscribers_now:
-            if drop_rate and subscriber.drop_rng.random() < drop_rate:
-                self._counters.frames_dropped += 1
-                continue
             if subscriber.combined:
                 if combined_frame is None:
                     combined_frame = text_frame(combined_message(stream, raw))
-                self._counters.frames_sent += subscriber.send_data(combined_frame)
+                frame = combined_frame
             else:
                 if raw_frame is None:
                     raw_frame = text_frame(raw)
-                self._counters.frames_sent += subscriber.send_data(raw_frame)
+                frame = raw_frame
+            if drop_rate:
+                if subscriber.drop_rng.random() < drop_rate:
+                    self._counters.frames_dropped += 1
+                    self._dropped_tails[(subscriber, stream)] = frame
+                    continue
+                self._dropped_tails.pop((subscriber, stream), None)
+            self._counters.frames_sent += subscriber.send_data(frame)
+
+    def release_dropped_tails(self) -> int:
+        """Send every stream's latest frame to the subscribers it was dropped for; returns how many."""
+        tails, self._dropped_tails = self._dropped_tails, {}
+        released = sum(subscriber.send_data(frame) for (subscriber, _), frame in tails.items())
+        self._counters.dropped_tails_released += released
+        return released

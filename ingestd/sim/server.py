@@ -52,10 +52,12 @@ class Simulator:
         return self.market.symbols
 
     def pause(self) -> dict[str, Any]:
-        """Stop generating events. Pending depth diffs are sent first, so once subscribers have read
-        what is already queued, their books can be compared with the reference book."""
+        """Stop generating events. Pending depth diffs are sent first, and each stream's last frame if
+        drop_rate dropped it (or the gap would stay invisible), so once subscribers have read what is
+        queued, every loss is detectable and their books can be compared with the reference book."""
         if not self.paused:
             self.live.flush_all_depth()
+            self.fanout.release_dropped_tails()
             self.paused = True
         return {"paused": True, "lastUpdateIds": {s: self.market.last_update_id(s) for s in self.market.symbols}}
 
