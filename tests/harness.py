@@ -20,6 +20,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every process a test starts, so teardown can stop what a failing test left running.
+_started: list[subprocess.Popen] = []
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    _started.append(proc)
+    return proc
+
+
+def stop_all_started() -> None:
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -58,10 +75,7 @@ def start_sim(tmp: Path, *args: str) -> SimProcess:
     ports = tmp / "sim-ports.json"
     ports.unlink(missing_ok=True)  # a stale file would point at a dead simulator
     log_path = tmp / "sim.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ingestd", "sim", "--ports-file", str(ports), *args],
-        cwd=REPO, env=_env(), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-    )
+    proc = _spawn([sys.executable, "-m", "ingestd", "sim", "--ports-file", str(ports), *args], log_path)
     deadline = time.monotonic() + 20
     while not ports.exists() or not ports.read_text().strip().endswith("}"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -119,9 +133,9 @@ class DaemonProcess:
 def start_daemon(tmp: Path, config: Path, *, state_dir: Path | None = None, log_name: str = "daemon.log") -> DaemonProcess:
     state_dir = state_dir or tmp / "state"
     log_path = tmp / log_name
-    proc = subprocess.Popen(
+    proc = _spawn(
         [sys.executable, "-m", "ingestd", "--config", str(config), "run", "binance", "--state-dir", str(state_dir)],
-        cwd=REPO, env=_env(), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+        log_path,
     )
     return DaemonProcess(proc, state_dir, log_path)
 

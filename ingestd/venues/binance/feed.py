@@ -60,6 +60,7 @@ BACKFILL_WORKERS = 2
 SNAPSHOT_WORKERS = 4
 INBOX_CAPACITY = 64  # chunks; each chunk is everything decoded from one socket read
 TRADES_PAGE = 1000
+FIRST_DATA_TIMEOUT_S = 5.0  # a quiet stream counts as up after this long without data
 
 
 # --- inbox messages ------------------------------------------------------------------------------
@@ -268,6 +269,11 @@ class BinanceFeed:
                 if records:
                     await router.send(records)
                 self.stats.heartbeat("feed.binance")
+            # Stopping: every producer is gone. Record exact resume points, so a clean restart
+            # refetches nothing.
+            final = self._checkpoints()
+            if final:
+                await router.send(final)
 
     def _on_chunk(self, chunk: _Chunk) -> list[Record]:
         out: list[Record] = []
@@ -332,10 +338,6 @@ class BinanceFeed:
                 if not st.live_since_up and self.cfg.backfill:
                     st.catchup_wanted = True
                     self._backfills.put(symbol)
-            wm = st.trades.watermark
-            if wm is not None and wm != st.checkpointed:
-                out.append(Checkpoint(VENUE, symbol, wm))
-                st.checkpointed = wm
             missing += st.trades.missing_count()
             book = st.book
             if book is not None and book.state == LIVE:
@@ -345,6 +347,17 @@ class BinanceFeed:
                     st.book_emitted = book.last_update_id
         self.stats.set_gauge("binance.books_live", live)
         self.stats.set_gauge("binance.trades_missing", missing)
+        out.extend(self._checkpoints())
+        return out
+
+    def _checkpoints(self) -> list[Record]:
+        """A Checkpoint for every symbol whose watermark moved since the last one sent."""
+        out: list[Record] = []
+        for symbol, st in self._state.items():
+            wm = st.trades.watermark
+            if wm is not None and wm != st.checkpointed:
+                out.append(Checkpoint(VENUE, symbol, wm))
+                st.checkpointed = wm
         return out
 
     def _book_top(self, symbol: str, book: LocalBook) -> BookTop:
@@ -449,11 +462,18 @@ class BinanceFeed:
                         # A reconnect: trades may have been missed. (A first connect is either the
                         # start, where resume handles the past, or a make-before-break successor.)
                         await inbox.send(_ConnectionUp(symbols))
-                    else:
-                        task_status.started(handle)
-                        started = True
                     try:
-                        await self._read(conn, handle, inbox, backoff)
+                        first: list = []
+                        if not started:
+                            # Report "up" (which lets a predecessor close) only once the venue is
+                            # demonstrably streaming here: right after the handshake the
+                            # subscription may not be live yet, and closing the old connection
+                            # then could lose what is published in between.
+                            with trio.move_on_after(FIRST_DATA_TIMEOUT_S):
+                                first = await conn.receive_batch()
+                            task_status.started(handle)
+                            started = True
+                        await self._read(conn, handle, inbox, backoff, first)
                     except ConnectionClosed as exc:
                         self.stats.incr("binance.disconnects")
                         cstats.last_error = str(exc)
@@ -476,11 +496,14 @@ class BinanceFeed:
                      error=repr(exc), retry_in_s=round(delay, 2))
         await trio.sleep(delay)
 
-    async def _read(self, conn, handle: _ConnectionHandle, inbox: trio.MemorySendChannel, backoff: Backoff) -> None:
+    async def _read(self, conn, handle: _ConnectionHandle, inbox: trio.MemorySendChannel, backoff: Backoff,
+                    frames: list) -> None:
+        """Decode and forward until the connection closes; `frames` were already received."""
         stats = self.stats
         first = True
         while True:
-            frames = await conn.receive_batch()
+            if not frames:
+                frames = await conn.receive_batch()
             recv_us = now_us()
             if first:
                 backoff.reset()  # only a connection that delivered data counts as a success
@@ -501,6 +524,7 @@ class BinanceFeed:
                         log.warning("venue rejected a request", extra={"code": ev.code, "reason": ev.msg})
                 else:
                     events.append(ev)
+            frames = []
             if events:
                 await inbox.send(_Chunk(recv_us, events))
 
