@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-# Debian packages the test suite drives as real servers/tools. Installed only where missing.
-TEST_DEBS=(sqlite3 tmux)
+# Debian packages the test suite drives as real servers or tools, installed only where missing.
+# None yet: the SQLite store and the simulator need nothing outside Python. (The PostgreSQL,
+# Redis and Kafka sinks will add postgresql and redis-server here.)
+TEST_DEBS=()
 
 apt_install_missing() {
     local missing=()
@@ -52,6 +54,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-if [ $want_test -eq 1 ]; then
+if [ $want_test -eq 1 ] && [ ${#TEST_DEBS[@]} -gt 0 ]; then
     apt_install_missing "${TEST_DEBS[@]}"
 fi
