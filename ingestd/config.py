@@ -391,6 +391,16 @@ def sink_type(name: str):
 class SinkConfig(Section):
     name: str  # the X of [sinks.X]
     type: str  # key of SINK_TYPES
+    spool_max_bytes: int = option(
+        1 << 30,
+        Integer(1 << 20, 1 << 40),
+        "disk spool for batches this sink could not take (outage or slowness); alert at 80 %",
+    )
+    spool_when_full: str = option(
+        "block",
+        Choice("block", "drop_oldest"),
+        "full spool: block (backpressure to the feed; resume refetches) or drop_oldest (logged, counted)",
+    )
 
 
 @sink_type("sqlite")
@@ -403,6 +413,48 @@ class SqliteSinkConfig(SinkConfig):
 
     def resolved_path(self, state_dir: str | Path) -> Path:
         return Path(state_dir) / secrets.reveal(self.path)  # an absolute path replaces state_dir
+
+
+@sink_type("postgres")
+@dataclass(frozen=True, kw_only=True)
+class PostgresSinkConfig(SinkConfig):
+    host: str | Secret = option("localhost", Text(), "server host name, address or socket directory", env="POSTGRES_HOST")
+    port: int = option(5432, Integer(1, 65535), "server port", env="POSTGRES_PORT")
+    dbname: str | Secret = option("ingestd", Text(), "database", env="POSTGRES_DB")
+    user: str | Secret = option("ingestd", Text(), "role to connect as", env="POSTGRES_USER")
+    password: str | Secret = option("", Text("a string", r".*"), 'password; give it as { env = "..." } or { credential = "..." }')
+    retention_days: int = option(30, Integer(0, 36_500), "drop rows older than this many days; 0 keeps everything")
+    timescale: str = option(
+        "auto", Choice("auto", "on", "off"), "use TimescaleDB hypertables: auto = when the extension is installed"
+    )
+    connect_timeout_s: float = option(5.0, Number(0.1, 300), "give up on one connection attempt after this long")
+
+
+@sink_type("redis")
+@dataclass(frozen=True, kw_only=True)
+class RedisSinkConfig(SinkConfig):
+    url: str | Secret = option("redis://localhost:6379/0", Url("redis", "rediss"), "server URL", env="REDIS_URL")
+    stream_maxlen: int = option(10_000, Integer(1, 1 << 40), "approximate length each stream is trimmed to (MAXLEN ~)",
+                                env="STREAM_MAXLEN")
+    raw_json: bool = option(False, Boolean(), "also store each trade's venue message as raw_json")
+    trades_stream: str = option("trades:{symbol}", Text(accepts_secret=False), "stream key of trades")
+    books_stream: str = option("books:{symbol}", Text(accepts_secret=False), "stream key of book snapshots")
+    derivatives_stream: str = option("derivatives:{symbol}", Text(accepts_secret=False), "stream key of derivatives")
+
+
+@sink_type("kafka")
+@dataclass(frozen=True, kw_only=True)
+class KafkaSinkConfig(SinkConfig):
+    bootstrap_servers: tuple[str, ...] = option(
+        ("localhost:9092",), ListOf(Text("host:port", r"[^\s:]+:\d+", accepts_secret=False), "host:port addresses",
+                                    min_items=1), "brokers to bootstrap from"
+    )
+    trades_topic: str = option("market_trades", Text(accepts_secret=False), "topic of trades")
+    books_topic: str = option("order_books", Text(accepts_secret=False), "topic of book snapshots")
+    whales_topic: str = option("whale_activity", Text(accepts_secret=False), "topic of whale trades")
+    compression: str = option("gzip", Choice("none", "gzip", "snappy", "lz4", "zstd"), "producer compression codec")
+    client_id: str = option("ingestd", Text(accepts_secret=False), "client id the brokers see")
+    delivery_timeout_s: float = option(30.0, Number(1, 3600), "retry a batch this long before spooling it")
 
 
 # The sink a first run writes to when the file declares none, so `ingestd run` needs no server.
