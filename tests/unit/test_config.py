@@ -12,6 +12,9 @@ from ingestd.config import (
     FEED_FAMILIES,
     SINK_TYPES,
     BinanceFeedConfig,
+    KafkaSinkConfig,
+    PostgresSinkConfig,
+    RedisSinkConfig,
     ConfigError,
     DaemonConfig,
     SqliteSinkConfig,
@@ -54,7 +57,7 @@ def test_shipped_config_documents_every_key_with_its_default():
     # The file is the reference documentation: a key added to the schema must appear there,
     # and the values it shows must be the real defaults (symbols is the one deliberate example).
     text = SHIPPED.read_text()
-    sections = [DaemonConfig, SqliteSinkConfig, BinanceFeedConfig]
+    sections = [DaemonConfig, SqliteSinkConfig, PostgresSinkConfig, RedisSinkConfig, KafkaSinkConfig, BinanceFeedConfig]
     for cls in sections:
         for key in options_of(cls):
             assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), f"{cls.__name__}.{key} missing from {SHIPPED}"
@@ -78,7 +81,9 @@ def test_empty_file_gives_defaults_and_an_implicit_local_sqlite_sink():
 
 
 def test_registries_are_keyed_by_type_and_family():
-    assert SINK_TYPES == {"sqlite": SqliteSinkConfig}
+    assert SINK_TYPES == {
+        "sqlite": SqliteSinkConfig, "postgres": PostgresSinkConfig, "redis": RedisSinkConfig, "kafka": KafkaSinkConfig,
+    }
     assert FEED_FAMILIES == {"binance": BinanceFeedConfig}
 
 
@@ -153,7 +158,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(text, expected):
         ("[feeds.binance]\nsymbols = \"BTCUSDT\"\n", 'feeds.binance.symbols: expected a list of symbols, got "BTCUSDT"'),
         ("[feeds.binance]\nsinks = []\n", "feeds.binance.sinks: expected a non-empty list of sink names, got []"),
         ("[feeds]\nbinance = 3\n", "feeds.binance: expected a table, got 3"),
-        ("[sinks.db]\npath = \"x\"\n", 'sinks.db.type: expected one of "sqlite", got nothing (the key is required)'),
+        ("[sinks.db]\npath = \"x\"\n", 'sinks.db.type: expected one of "sqlite", "postgres", "redis", "kafka", got nothing (the key is required)'),
     ],
 )
 def test_wrong_types_and_out_of_range_values(text, expected):
