@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-# Debian packages the test suite drives as real servers or tools, installed only where missing.
-# None yet: the SQLite store and the simulator need nothing outside Python. (The PostgreSQL,
-# Redis and Kafka sinks will add postgresql and redis-server here.)
-TEST_DEBS=()
+# Debian packages the test suite drives as real servers, installed only where missing: the tests
+# start their own PostgreSQL (initdb into a temp dir) and redis-server on free loopback ports.
+# (The Kafka-protocol broker, Tansu, comes from PyPI with the test extras.)
+TEST_DEBS=(postgresql redis-server)
 
 apt_install_missing() {
     local missing=()
