@@ -44,6 +44,11 @@ class FanOut:
         # (subscriber, stream) -> the stream's latest frame, when that frame was dropped for them.
         self._dropped_tails: dict[tuple[Subscriber, str], bytes] = {}
 
+    def stop_faults(self) -> None:
+        """From now on, deliver every frame and inject no bad ones."""
+        self._drop_rate = 0.0
+        self._malformed_rate = 0.0
+
     def subscribe(self, subscriber: Subscriber, stream: str) -> None:
         self._subscribers.setdefault(stream, set()).add(subscriber)
 

@@ -116,6 +116,7 @@ class RestApi:
             ("GET", "/_sim/stats"): lambda p: sim.stats(),
             ("POST", "/_sim/pause"): lambda p: sim.pause(),
             ("POST", "/_sim/resume"): lambda p: sim.resume(),
+            ("POST", "/_sim/calm"): lambda p: sim.calm(),
             ("POST", "/_sim/drop"): lambda p: {"dropped": sim.drop_connections()},
             ("POST", "/_sim/shutdown"): lambda p: {"notified": sim.announce_shutdown()},
         }

@@ -44,6 +44,7 @@ class Simulator:
         self.live = LiveEvents(self)
         self.rest_api = RestApi(self)
         self.paused = False
+        self.faults_on = True  # calm() turns off every fault knob for the rest of the run
         self.ws_url = ""
         self.rest_url = ""
 
@@ -66,6 +67,14 @@ class Simulator:
         for session in self.sessions:
             session.wake_writer()  # blast writers wait while paused
         return {"paused": False}
+
+    def calm(self) -> dict[str, Any]:
+        """Stop injecting faults (dropped frames, malformed frames, periodic connection drops) while the
+        market keeps moving: the next events reveal every earlier loss, as on a live venue, so a
+        consumer can be seen to converge."""
+        self.faults_on = False
+        self.fanout.stop_faults()
+        return {"calm": True}
 
     def drop_connections(self) -> int:
         """Cut every WebSocket connection's TCP stream now, without a close frame."""
@@ -112,9 +121,10 @@ async def serve(config: SimConfig, *, task_status: trio.TaskStatus[Simulator] = 
 
 
 async def _drop_periodically(sim: Simulator, every_s: float) -> None:
-    while True:
+    while sim.faults_on:
         await trio.sleep(every_s)
-        sim.drop_connections()
+        if sim.faults_on:
+            sim.drop_connections()
 
 
 def _address(listeners: list[trio.SocketListener]) -> str:

@@ -36,8 +36,11 @@ def exactly_once_report(db, truth):
 
 
 def wait_exactly_once(db, sim, timeout=40.0):
-    """Pause the market, then wait until the store holds every trade made since the daemon's first
-    one, each exactly once. Returns the ground truth compared against."""
+    """Stop the faults and let the market move on for a moment (as on a live venue, the next events
+    reveal any loss), pause it, then wait until the store holds every trade made since the daemon's
+    first one, each exactly once. Returns the ground truth compared against."""
+    sim.post("/_sim/calm")
+    time.sleep(1.5)
     sim.post("/_sim/pause")
     truth = sim.truth()
     report = {}
