@@ -158,6 +158,7 @@ class BinanceFeed:
         self._budget = rest.WeightBudget(cfg.rest_weight_limit, cfg.rest_weight_headroom)
         self._backfills = _WorkQueue(1)
         self._snapshots = _WorkQueue(1)
+        self._http: httpx.AsyncClient | None = None  # set by run(), which owns its lifetime
         self._producers: trio.CancelScope | None = None
         self._last_book_emit = 0.0
         self._conn_serial = 0
@@ -189,6 +190,8 @@ class BinanceFeed:
 
     def _start_producers(self, nursery: trio.Nursery, inbox: trio.MemorySendChannel) -> None:
         groups = split_groups(self.symbols, self.cfg.pairs_per_connection)
+        if not groups:
+            log.warning("no symbols to follow: check symbols, fallback_pairs, shard and exchangeInfo lines above")
         for index, group in enumerate(groups):
             nursery.start_soon(self._supervise_group, index, group, inbox.clone())
         if self.cfg.backfill:
