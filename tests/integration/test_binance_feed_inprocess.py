@@ -116,3 +116,37 @@ def _stored_symbols(db) -> set[str]:
         return {symbol for (symbol,) in con.execute("SELECT DISTINCT symbol FROM ticks")}
     finally:
         con.close()
+
+
+async def test_symbol_list_change_keeps_unaffected_connections(tmp_path):
+    config = SimConfig(symbols=6, rate=600, seed=8)
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve, config)
+        first, second, third, fourth, fifth, sixth = sim.symbols
+        cfg = feed_config(sim, [first, second, third], pairs_per_connection=2)
+        feed, sink, stats = await run_feed(nursery, tmp_path, cfg)
+        await wait_until(lambda: sum(1 for c in stats.connections.values() if c.state == "up") == 2)
+        before = {cid: c.connects for cid, c in stats.connections.items()}
+
+        added, removed = await feed.update_symbols([first, second, fourth, fifth, sixth])
+        assert (added, removed) == ([fourth, fifth, sixth], [third])
+        await trio.sleep(2)
+        # the two original connections were never dropped: same ids, one connect each
+        assert all(stats.connections[cid].connects == 1 for cid in before)
+        # third's connection took fourth and fifth live; sixth needed a third connection
+        assert len(stats.connections) == 3
+
+        def stored():
+            con = sqlite3.connect(tmp_path / "local.sqlite")
+            try:
+                return {s: n for s, n in con.execute("SELECT symbol, MAX(recv_ts) FROM ticks GROUP BY symbol")}
+            finally:
+                con.close()
+
+        at_change = stored()
+        await trio.sleep(2)
+        later = stored()
+        assert {fourth, fifth, sixth} <= set(later)  # subscribed live, or on the new connection
+        assert later.get(third) == at_change.get(third)  # unsubscribed: nothing new stored
+        assert stats.counters.get("binance.unexpected_symbol", 0) == 0
+        nursery.cancel_scope.cancel()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
 import trio
 
 from ingestd.backoff import Backoff
@@ -118,6 +119,24 @@ class _ConnectionHandle:
     cancel_scope: trio.CancelScope
     replace_wanted: trio.Event = field(default_factory=trio.Event)
     connected_at: float = 0.0  # trio.current_time() of the current TCP connection
+    conn: Any = None  # the live WsConnection, for SUBSCRIBE/UNSUBSCRIBE; None between connects
+
+
+@dataclass
+class _Group:
+    """The symbols one logical connection carries. The list may change at runtime (live
+    SUBSCRIBE/UNSUBSCRIBE); every (re)connect builds its URL from the list as it is then."""
+
+    index: int
+    symbols: list[str]
+    current: _ConnectionHandle | None = None
+
+
+@dataclass(slots=True)
+class _SymbolsChanged:
+    added: list[str]
+    removed: list[str]
+    applied: trio.Event = field(default_factory=trio.Event)
 
 
 class _WorkQueue:
@@ -159,6 +178,11 @@ class BinanceFeed:
         self._backfills = _WorkQueue(1)
         self._snapshots = _WorkQueue(1)
         self._http: httpx.AsyncClient | None = None  # set by run(), which owns its lifetime
+        self._groups: list[_Group] = []
+        self._retired: set[str] = set()  # symbols removed at runtime
+        self._request_id = 0
+        self._nursery: trio.Nursery | None = None
+        self._control_inbox: trio.MemorySendChannel | None = None
         self._producers: trio.CancelScope | None = None
         self._last_book_emit = 0.0
         self._conn_serial = 0
@@ -178,10 +202,74 @@ class BinanceFeed:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._state_task, inbox_recv)
                 async with inbox_send:
-                    async with trio.open_nursery() as producers:
-                        self._producers = producers.cancel_scope
-                        self._start_producers(producers, inbox_send)
-                        task_status.started()
+                    try:
+                        async with trio.open_nursery() as producers:
+                            self._producers = producers.cancel_scope
+                            self._start_producers(producers, inbox_send)
+                            task_status.started()
+                    finally:
+                        # The last sender: once closed, the state task drains the inbox and ends.
+                        if self._control_inbox is not None:
+                            self._control_inbox.close()
+
+    def _start_group(self, symbols: list[str]) -> _Group:
+        group = _Group(len(self._groups), symbols)
+        self._groups.append(group)
+        self._nursery.start_soon(self._supervise_group, group, self._control_inbox.clone())
+        self.stats.set_gauge("binance.connections_planned", len(self._groups))
+        return group
+
+    async def update_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
+        """Follow a new symbol list (a config reload) without dropping unaffected connections.
+
+        Removed symbols are unsubscribed on their connection and added ones subscribed on a
+        connection with room (or a new one), with Binance's live SUBSCRIBE/UNSUBSCRIBE, under the
+        same outgoing-message rate limit. Returns (added, removed)."""
+        new = await self._filter_symbols(wanted)
+        keep = set(new)
+        removed = [s for s in self.symbols if s not in keep]
+        added = [s for s in new if s not in self._state]
+        if not added and not removed:
+            return [], []
+        change = _SymbolsChanged(added, removed)
+        await self._control_inbox.send(change)  # state first: events for new symbols must find it
+        await change.applied.wait()
+        for group in self._groups:
+            gone = [s for s in group.symbols if s not in keep]
+            if gone:
+                group.symbols[:] = [s for s in group.symbols if s in keep]
+                await self._send_control(group, "UNSUBSCRIBE", gone)
+        for symbol in added:
+            group = next((g for g in self._groups if len(g.symbols) < self.cfg.pairs_per_connection), None)
+            if group is None:
+                self._start_group([symbol])  # its first connect subscribes through the URL
+            else:
+                group.symbols.append(symbol)
+                await self._send_control(group, "SUBSCRIBE", [symbol])
+        self.symbols = new
+        self.stats.set_gauge("binance.symbols", len(new))
+        log.info("symbol list changed", extra={"added": ",".join(added) or "-", "removed": ",".join(removed) or "-"})
+        return added, removed
+
+    async def _send_control(self, group: _Group, method: str, symbols: list[str]) -> None:
+        handle = group.current
+        conn = handle.conn if handle is not None else None
+        if conn is None:
+            return  # not connected: the next connect's URL already reflects group.symbols
+        self._request_id += 1
+        request = {"method": method, "params": self._streams(symbols), "id": self._request_id}
+        try:
+            await conn.send_text(msgspec.json.encode(request).decode())
+        except ConnectionClosed:
+            pass  # reconnecting anyway, with the updated URL
+
+    def _streams(self, symbols: list[str]) -> list[str]:
+        cfg = self.cfg
+        return [
+            name
+            for s in symbols
+            for name in stream_names(s, trade_stream=cfg.trade_stream, depth=cfg.depth, depth_speed_ms=cfg.depth_speed_ms)
+        ]
 
     def stop(self) -> None:
         """Stop taking in data; `run` returns once what was received has reached the router."""
@@ -192,8 +280,9 @@ class BinanceFeed:
         groups = split_groups(self.symbols, self.cfg.pairs_per_connection)
         if not groups:
             log.warning("no symbols to follow: check symbols, fallback_pairs, shard and exchangeInfo lines above")
-        for index, group in enumerate(groups):
-            nursery.start_soon(self._supervise_group, index, group, inbox.clone())
+        self._nursery, self._control_inbox = nursery, inbox.clone()
+        for index, symbols in enumerate(groups):
+            self._start_group(symbols)
         if self.cfg.backfill:
             for _ in range(BACKFILL_WORKERS):
                 nursery.start_soon(self._backfill_worker, inbox.clone())
@@ -201,7 +290,6 @@ class BinanceFeed:
             for _ in range(SNAPSHOT_WORKERS):
                 nursery.start_soon(self._snapshot_worker, inbox.clone())
         nursery.start_soon(self._ticker, inbox.clone())
-        self.stats.set_gauge("binance.connections_planned", len(groups))
         log.info(
             "binance feed starting",
             extra={"symbols": len(self.symbols), "connections": len(groups), "ws_url": self.cfg.ws_url},
@@ -213,10 +301,15 @@ class BinanceFeed:
         except Exception as exc:  # a dynamic source failing must not stop the feed
             log.warning("symbol source failed, using fallback pairs", extra={"error": repr(exc)})
             wanted = []
+        symbols = await self._filter_symbols(wanted)
+        self.stats.set_gauge("binance.symbols", len(symbols))
+        return symbols
+
+    async def _filter_symbols(self, wanted: list[str]) -> list[str]:
+        """Add the fallback pairs, keep this shard's share, drop what the venue does not trade."""
         symbols = select_shard(merge_with_fallback(wanted, self.cfg.fallback_pairs), _shard(self.cfg))
         if self.cfg.exchange_info_check and symbols:
             symbols = await self._drop_untradable(symbols)
-        self.stats.set_gauge("binance.symbols", len(symbols))
         return symbols
 
     async def _drop_untradable(self, symbols: list[str]) -> list[str]:
@@ -235,18 +328,24 @@ class BinanceFeed:
         return [s for s in symbols if status.get(s) == "TRADING"]
 
     def _init_state(self) -> None:
-        n = len(self.symbols)
+        # Room for every symbol this feed may ever follow, so put() never blocks: the configured list
+        # can grow on reload, but never past the stream cap of the connections it could open.
+        n = max(len(self.symbols), 1) * 4 + 1024
         self._backfills = _WorkQueue(n)
         self._snapshots = _WorkQueue(n)
         for s in self.symbols:
-            last = self.resume.get(s)
-            tracker = TradeIdTracker() if last is None else TradeIdTracker.resuming_after(last)
-            st = _SymbolState(tracker, LocalBook(s) if self.cfg.depth else None)
-            if last is not None and self.cfg.backfill:
-                # Trades made while we were down: fetch them even if the symbol is quiet now.
-                st.catchup_wanted = True
-                self._backfills.put(s)
-            self._state[s] = st
+            self._add_symbol_state(s)
+
+    def _add_symbol_state(self, s: str) -> None:
+        last = self.resume.get(s)
+        tracker = TradeIdTracker() if last is None else TradeIdTracker.resuming_after(last)
+        st = _SymbolState(tracker, LocalBook(s) if self.cfg.depth else None)
+        if last is not None and self.cfg.backfill:
+            # Trades made while we were down: fetch them even if the symbol is quiet now.
+            st.catchup_wanted = True
+            self._backfills.put(s)
+        self._state[s] = st
+        self._retired.discard(s)
 
     # --- the state task ------------------------------------------------------------------------
 
@@ -265,6 +364,9 @@ class BinanceFeed:
                 elif kind is _Snapshot:
                     records = []
                     self._on_snapshot(msg)
+                    msg.applied.set()
+                elif kind is _SymbolsChanged:
+                    records = self._on_symbols_changed(msg)
                     msg.applied.set()
                 else:
                     records = []
@@ -397,6 +499,15 @@ class BinanceFeed:
         if book.needs_snapshot:  # stale, or a gap inside the buffered diffs
             self._snapshots.put(msg.symbol)
 
+    def _on_symbols_changed(self, msg: _SymbolsChanged) -> list[Record]:
+        out = self._checkpoints()  # the last resume points of symbols about to go
+        for s in msg.removed:
+            if self._state.pop(s, None) is not None:
+                self._retired.add(s)  # events still in flight before the UNSUBSCRIBE: not an error
+        for s in msg.added:
+            self._add_symbol_state(s)
+        return out
+
     def _on_connection_up(self, msg: _ConnectionUp) -> None:
         due = trio.current_time() + CATCHUP_GRACE_S
         for s in msg.symbols:
@@ -406,65 +517,58 @@ class BinanceFeed:
                 st.catchup_due = due
 
     def _unexpected_symbol(self, symbol: str) -> None:
+        if symbol in self._retired:
+            return
         self.stats.incr("binance.unexpected_symbol")
         self._rl.log(log, logging.WARNING, "unexpected_symbol", "event for a symbol not subscribed", symbol=symbol)
 
     # --- connections -----------------------------------------------------------------------------
 
-    async def _supervise_group(self, index: int, symbols: list[str], inbox: trio.MemorySendChannel) -> None:
-        """Keep one connection for `symbols` alive; replace it make-before-break when the venue
+    async def _supervise_group(self, group: _Group, inbox: trio.MemorySendChannel) -> None:
+        """Keep one connection for the group alive; replace it make-before-break when the venue
         announces a shutdown or the connection nears Binance's 24 h limit."""
-        streams = [
-            name
-            for s in symbols
-            for name in stream_names(
-                s, trade_stream=self.cfg.trade_stream, depth=self.cfg.depth, depth_speed_ms=self.cfg.depth_speed_ms
-            )
-        ]
-        url = combined_stream_url(reveal(self.cfg.ws_url), streams)
         max_age = self.cfg.max_connection_age_s
         async with inbox, trio.open_nursery() as nursery:
-            current = await nursery.start(self._connection, index, url, len(streams), symbols, inbox)
+            group.current = current = await nursery.start(self._connection, group, inbox)
             while True:
                 with trio.move_on_at(current.connected_at + max_age):
                     await current.replace_wanted.wait()
                 if not current.replace_wanted.is_set() and trio.current_time() < current.connected_at + max_age:
                     continue  # it reconnected meanwhile, so its age restarted
-                successor = await nursery.start(self._connection, index, url, len(streams), symbols, inbox)
+                successor = await nursery.start(self._connection, group, inbox)
                 log.info("replaced connection", extra={"old": current.conn_id, "new": successor.conn_id})
+                group.current = successor
                 current.cancel_scope.cancel()
                 current = successor
 
     async def _connection(
-        self,
-        index: int,
-        url: str,
-        n_streams: int,
-        symbols: list[str],
-        inbox: trio.MemorySendChannel,
-        task_status=trio.TASK_STATUS_IGNORED,
+        self, group: _Group, inbox: trio.MemorySendChannel, task_status=trio.TASK_STATUS_IGNORED
     ) -> None:
         self._conn_serial += 1
-        conn_id = f"binance/{index}#{self._conn_serial}"
+        conn_id = f"binance/{group.index}#{self._conn_serial}"
         cstats = self.stats.connection(conn_id)
-        cstats.url, cstats.streams = str(self.cfg.ws_url), n_streams  # a Secret renders as ***
+        cstats.url = str(self.cfg.ws_url)  # a Secret renders as ***
         backoff = Backoff(self.cfg.reconnect_base_s, self.cfg.reconnect_cap_s)
         with trio.CancelScope() as scope:
             handle = _ConnectionHandle(conn_id, scope)
             started = False
             try:
                 while True:
+                    streams = self._streams(group.symbols)
+                    cstats.streams = len(streams)
+                    url = combined_stream_url(reveal(self.cfg.ws_url), streams)
                     try:
                         conn = await connect_ws(url, stats=cstats, max_outgoing_per_s=self.cfg.max_outgoing_per_s)
                     except ConnectionClosed as exc:  # DNS, TCP, TLS, timeout or a non-101 answer
                         await self._connect_failed(cstats, backoff, exc)
                         continue
                     handle.connected_at = trio.current_time()
-                    log.info("connected", extra={"conn": conn_id, "streams": n_streams})
+                    handle.conn = conn
+                    log.info("connected", extra={"conn": conn_id, "streams": len(streams)})
                     if started:
                         # A reconnect: trades may have been missed. (A first connect is either the
                         # start, where resume handles the past, or a make-before-break successor.)
-                        await inbox.send(_ConnectionUp(symbols))
+                        await inbox.send(_ConnectionUp(list(group.symbols)))
                     try:
                         first: list = []
                         if not started:
@@ -482,6 +586,7 @@ class BinanceFeed:
                         cstats.last_error = str(exc)
                         log.warning("connection lost, reconnecting", extra={"conn": conn_id, "reason": str(exc)})
                     finally:
+                        handle.conn = None
                         with trio.CancelScope(shield=True):
                             await conn.aclose()
                     cstats.state = "backoff"
