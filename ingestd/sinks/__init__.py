@@ -17,4 +17,8 @@ def build_sink(name: str, cfg: Any, *, state_dir: Path, stats: StatsRegistry) ->
         from ingestd.sinks.sqlite import SqliteSink
 
         return SqliteSink(name, cfg.resolved_path(state_dir), synchronous=cfg.synchronous, stats=stats)
+    if cfg.type == "redis":
+        from ingestd.sinks.redis_streams import RedisStreamsSink
+
+        return RedisStreamsSink(name, cfg, stats=stats)
     raise ValueError(f"sinks.{name}: unknown sink type {cfg.type!r}")
