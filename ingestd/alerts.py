@@ -127,6 +127,20 @@ class Transition:
     since: float  # Unix time the condition began
     at: float  # Unix time of this transition
 
+    def as_dict(self) -> dict[str, Any]:
+        """The registry/console form, like Alert.as_dict()."""
+        return {
+            "name": self.name,
+            "severity": self.severity,
+            "state": self.state,
+            "labels": dict(self.labels),
+            "message": self.message,
+            "since_us": int(self.since * 1e6),
+            "at_us": int(self.at * 1e6),
+            "since": iso_time(self.since),
+            "at": iso_time(self.at),
+        }
+
     def as_payload(self) -> dict[str, Any]:
         """The webhook body. `text` makes it readable as-is by Slack/Mattermost-style webhooks."""
         subject = "".join(f" {k}={v}" for k, v in sorted(self.labels.items()))
@@ -155,13 +169,17 @@ class Alert:
     fired_at: float
 
     def as_dict(self) -> dict[str, Any]:
+        """The registry/console form (`stats.alerts` entries, /alerts, /stats)."""
         return {
             "name": self.name,
             "severity": self.severity,
+            "state": FIRING,
             "labels": dict(self.labels),
             "message": self.message,
+            "since_us": int(self.since * 1e6),
+            "at_us": int(self.fired_at * 1e6),
             "since": iso_time(self.since),
-            "fired_at": iso_time(self.fired_at),
+            "at": iso_time(self.fired_at),
         }
 
 
@@ -552,9 +570,18 @@ def log_transition(t: Transition) -> None:
     log.log(level, "alert %s: %s", t.state, t.message, extra=extra)
 
 
+def alert_records(engine: AlertEngine, resolved: int = 20) -> list[dict[str, Any]]:
+    """Firing alerts (state "firing"), then the last `resolved` resolutions (state "resolved"), newest
+    first: the list for `stats.alerts`, /stats and /alerts. Each has name, severity, state, labels,
+    message, since_us, at_us (and ISO-8601 since/at)."""
+    firing = [a.as_dict() for a in engine.active()]
+    done = [t.as_dict() for t in reversed(engine.history()) if t.state == RESOLVED][:resolved]
+    return firing + done
+
+
 def publish(stats: StatsRegistry, engine: AlertEngine) -> None:
-    """Expose the firing alerts on the registry (`stats.alerts`, for the stats socket and console)."""
-    stats.alerts = [a.as_dict() for a in engine.active()]
+    """Expose alerts on the registry as `stats.alerts` (for the stats socket and the console)."""
+    stats.alerts = alert_records(engine)
 
 
 async def run_alerts(
@@ -655,6 +682,6 @@ def config_from_mapping(values: dict[str, Any]) -> AlertConfig:
 
 __all__ = [
     "AlertConfig", "AlertEngine", "Alert", "Transition", "Finding", "Rule", "RULE_NAMES", "SEVERITIES",
-    "default_rules", "deliverable", "run_alerts", "post_transition", "process_sample", "config_from_mapping",
+    "default_rules", "deliverable", "alert_records", "publish", "run_alerts", "post_transition", "process_sample", "config_from_mapping",
     "iso_time",
 ]

@@ -271,7 +271,9 @@ class HttpApp:
     def _alerts_list(self) -> list[dict] | None:
         if self.alerts is None:
             return None
-        return [a.as_dict() for a in self.alerts.active()]
+        from ingestd.alerts import alert_records
+
+        return alert_records(self.alerts)
 
     def _health(self, scope) -> tuple[int, bytes, str]:
         healthy, body = self.health()
@@ -298,8 +300,8 @@ class HttpApp:
 
     def _alerts(self, scope) -> tuple[int, bytes, str]:
         return _json(200, {
-            "active": self._alerts_list(),
-            "history": [t.as_payload() for t in self.alerts.history()],
+            "active": [a.as_dict() for a in self.alerts.active()],
+            "history": [t.as_dict() for t in self.alerts.history()],
         })
 
     def _index(self, scope) -> tuple[int, bytes, str]:

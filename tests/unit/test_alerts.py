@@ -14,6 +14,7 @@ from ingestd.alerts import (
     AlertConfig,
     AlertEngine,
     Transition,
+    alert_records,
     at_least,
     config_from_mapping,
     deliverable,
@@ -97,8 +98,16 @@ def test_active_lists_a_firing_alert_until_it_resolves():
     engine.evaluate(snap(T0 + 5, conns=["backoff"]), T0 + 5)
     [alert] = engine.active()
     assert alert.name == "WebSocketDown" and alert.as_dict()["since"] == "2027-01-15T08:00:00.000Z"
+    assert alert_records(engine) == [{
+        "name": "WebSocketDown", "severity": "critical", "state": "firing", "labels": {},
+        "message": "no WebSocket connection up (0/1); last error: connection refused",
+        "since_us": int(T0 * 1e6), "at_us": int((T0 + 5) * 1e6),
+        "since": "2027-01-15T08:00:00.000Z", "at": "2027-01-15T08:00:05.000Z",
+    }]
     engine.evaluate(snap(T0 + 6, conns=["up"]), T0 + 6)
     assert engine.active() == []
+    [resolved] = alert_records(engine)  # the console's alert history sees the resolution too
+    assert (resolved["state"], resolved["since_us"], resolved["at_us"]) == ("resolved", int(T0 * 1e6), int((T0 + 6) * 1e6))
 
 
 def test_a_condition_shorter_than_for_never_fires():
