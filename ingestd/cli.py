@@ -110,6 +110,12 @@ def demo(args: argparse.Namespace) -> int:
     )
 
 
+def tail(args: argparse.Namespace) -> int:
+    from ingestd.tail import run_tail
+
+    return run_tail(args)
+
+
 # --- argument parsing --------------------------------------------------------------------------
 
 
@@ -245,6 +251,32 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
         help="random seed; the same seed replays the same market (default: 1)",
     )
     demo_parser.set_defaults(handler=demo)
+
+    tail_parser = _add_command(
+        commands,
+        "tail",
+        "print the trades stored in a Redis stream, and follow new ones",
+        "Print the last N trades of a pair's Redis stream, oldest first, one line each:\n"
+        "  2024-11-14T17:30:00.123456  buy         0.123 @ 45123.5      #12345678\n"
+        "then, with --follow, every new one until Ctrl-C. --list shows every trades stream with its\n"
+        "length. The server is --url, else $REDIS_URL, else the first redis sink in the config, else\n"
+        "redis://localhost:6379/0; the stream is that sink's trades_stream (default trades:{symbol}).\n\n"
+        "examples:\n"
+        "  ingestd tail BTCUSDT              the last 10 trades\n"
+        "  ingestd tail BTCUSDT -n 0 -f      only new trades, as they are stored\n"
+        "  ingestd tail --list               trades:* streams and their lengths",
+    )
+    tail_parser.add_argument("pair", metavar="PAIR", nargs="?", help="the pair, as in the stream name (BTCUSDT)")
+    tail_parser.add_argument(
+        "-n", dest="count", type=int, default=10, metavar="N", help="print the last N trades first (default: 10)"
+    )
+    tail_parser.add_argument("-f", "--follow", action="store_true", help="then wait for new trades until Ctrl-C")
+    tail_parser.add_argument("--list", action="store_true", help="list the trades streams and their lengths")
+    tail_parser.add_argument("--url", metavar="URL", help="Redis server, e.g. redis://host:6379/0")
+    tail_parser.add_argument(
+        "--venue", default="binance", help="fills {venue} in a stream template that has one (default: binance)"
+    )
+    tail_parser.set_defaults(handler=tail)
 
     sim_parser = _add_command(
         commands,
