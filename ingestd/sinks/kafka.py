@@ -1,0 +1,781 @@
+"""The Kafka sink: one JSON message per record, keyed `venue:symbol`, acks=all, idempotent producer.
+
+Topics and messages
+-------------------
+Each record kind has a route (`ROUTES`): the config option naming its topic, the `event_type` its
+messages carry, how a record becomes a message and its natural key. Shipped routes:
+
+    Trade   -> cfg.trades_topic  ("market_trades")  event_type "market_trade"
+    BookTop -> cfg.books_topic   ("order_books")    event_type "order_book"
+
+Whale events (cfg.whales_topic, "whale_activity") arrive with a later feed: `register_route()` adds a
+kind without touching this module's write path. Message key: UTF-8 `venue:symbol`, so one market's
+messages share a partition and stay in order. Values are compact JSON (field names follow the
+legacy service's Kafka events where it defined them: `event_type`, `trade_id`, `side`, `size`,
+`price`, `amount`, `timestamp` as ISO 8601 UTC):
+
+    {"event_type":"market_trade","venue":"binance","symbol":"BTCUSDT","trade_id":3141592,
+     "side":"buy","price":65000.1,"size":0.012,"amount":780.0012,
+     "timestamp":"2024-11-01T12:34:56.123Z","timestamp_ms":1730464496123,
+     "received_at":"2024-11-01T12:34:56.125Z"}
+
+    {"event_type":"order_book","venue":"binance","symbol":"BTCUSDT","update_id":987654,
+     "timestamp":"2024-11-01T12:34:56.123Z","timestamp_ms":1730464496123,
+     "received_at":"2024-11-01T12:34:56.125Z","best_bid":65000.0,"best_bid_size":1.2,
+     "best_ask":65000.1,"best_ask_size":0.4,"spread_bps":0.0154,
+     "bids":[[65000.0,1.2],[64999.9,3.0]],"asks":[[65000.1,0.4],[65000.2,2.5]]}
+
+`side` is the taker side, lower case as everywhere in ingestd. Times are truncated to milliseconds
+(the model's microseconds are exact in the SQLite/PostgreSQL sinks). Strings are written verbatim
+(JSON escapes quotes, control characters and nothing else; any Unicode passes through). JSON has no
+NaN or infinity: msgspec writes such floats as `null`. A record that cannot be a Kafka message is
+refused, logged with its reason, counted in `sink.<name>.records_refused`, and the rest of its batch
+is written: a string that is not valid Unicode (a lone surrogate), a time outside the calendar, or
+key + value larger than `max_record_bytes` (1,000,000 by default, under Kafka's default
+`message.max.bytes` of 1 MiB; Tansu enforces no limit, real brokers and topics may enforce a lower
+one, see limits below).
+
+Delivery
+--------
+`write(batch)` sends every record, flushes, and checks every record's future: it returns only when
+the broker acknowledged all of them (acks=all), else raises SinkError and the pipeline retries the
+same batch (then spools it). Nothing is dropped silently. A write fails within about
+`delivery_timeout_s` (the producer's delivery timeout, also the bound for blocking sends and
+connecting). After any failure the producer is closed and a fresh one (new producer id) is made at
+the next write: an idempotent producer that lost its broker state cannot always recover (against a
+restarted Tansu, kafka-python's epoch bump fails with UnknownError forever).
+
+Checkpoints
+-----------
+`Checkpoint` records are not market data and never go to the market topics. Once every data record
+of the batch is acknowledged, the highest checkpoint per market goes to the internal topic
+`ingestd.checkpoints` (created at connect with `cleanup.policy=compact`, one partition, the broker's
+replication factor; key `venue:symbol`, value `{"event_type":"checkpoint","venue":..,"symbol":..,
+"trade_id":..,"updated_at":..}`). A checkpoint only moves forward. `open()` reads that topic back
+(its last `checkpoint_tail` messages: all of it on a compacted topic of any realistic size), and
+`resume_points(venue)` answers from it, so the Kafka sink can be a daemon's first sink.
+
+Duplicates
+----------
+The idempotent producer only de-duplicates its own retries within one producer session. A retried
+batch, a spool replay of a batch that was in fact delivered before a crash, or a resume that refetches
+trades already delivered would otherwise produce duplicates. So the sink remembers the natural keys
+(kind, venue, symbol, trade_id / update_id) of the most recently *acknowledged* records, and drops a
+record whose key it remembers (`sink.<name>.duplicates_skipped`; also within one batch):
+
+* At connect (open, and again after any failed write) the window is rebuilt from the broker: the last
+  `tail_per_partition` messages (default 20,000) of every partition of every data topic are read with
+  a plain consumer (assign + seek; no consumer group) and their keys taken from the JSON values. The
+  broker is the truth: a failed write may have been stored anyway (a timeout after the broker
+  appended it), and a broker may have lost data (a restarted Tansu loses everything).
+* Each acknowledged record is added as it is confirmed.
+* The window holds at most `dedup_window` keys (default 200,000, about 25 MB) across all markets;
+  the oldest-confirmed are forgotten first.
+
+Limits, stated plainly:
+
+* A duplicate older than the window is not recognized and is sent again (at-least-once beyond the
+  window). With integer ids the sink can tell when that may be happening: a record whose id is at or
+  below the highest id forgotten for its market (or below the oldest id read back from a partition
+  whose tail was cut) is sent and counted in `sink.<name>.beyond_window`, with a warning. At 30k
+  records/s the default window covers about 7 s of full-rate traffic, and the read-back covers the
+  last 20,000 messages of each partition: a crash replay (the batches in flight) and a resume (the
+  trades after the last checkpoint, normally under a second old) fall well inside it. A spool
+  replayed long after other traffic has passed does not.
+* Only this process's writes and what it read back are known: two processes writing the same
+  market at the same time (a make-before-break successor) can both send a record. Other producers'
+  messages in the same topics are read back and ignored unless they look like ours.
+* A send from a producer closed after a failure can in principle reach the broker after the
+  read-back that follows (a request already on the wire): a narrow race, leading to a duplicate.
+* Consumers that need exactly-once anyway should de-duplicate on the natural key in the message.
+
+Other limits: `max_record_bytes` is checked on the client; a broker or topic with a smaller
+`max.message.bytes` rejects the whole producer batch, which then fails every retry (SinkError,
+logged) until the limit is raised. Compression codecs other than gzip need their Python package
+(python-snappy, lz4, zstandard), none of which is a dependency: choosing one fails at open.
+
+Tansu 0.6 (the test broker) returns the base offset of a partition's last record batch plus one as
+its "latest" offset instead of the log end; the read-back therefore reads up to the high watermark of
+fetch responses, never trusting `end_offsets()` alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import msgspec
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.partitioner import Partitioner, murmur2
+
+from ingestd.model import BookTop, Checkpoint, Record, Trade
+from ingestd.sinks.base import Sink, SinkError
+from ingestd.stats import StatsRegistry, now_us
+
+logger = logging.getLogger("ingestd.sinks.kafka")
+
+
+class _QuietCancelledRefresh(logging.Filter):
+    """kafka-python logs ERROR "Metadata refresh: failed Cancelled" whenever a client is closed while
+    a metadata request is in flight (every read-back consumer we close): expected, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "Metadata refresh: failed %s" and record.args and type(record.args[0]).__name__ == "Cancelled"
+        )
+
+
+logging.getLogger("kafka.cluster").addFilter(_QuietCancelledRefresh())
+
+CHECKPOINTS_TOPIC = "ingestd.checkpoints"
+DEFAULT_DEDUP_WINDOW = 200_000
+DEFAULT_TAIL_PER_PARTITION = 20_000
+DEFAULT_CHECKPOINT_TAIL = 100_000
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
+# Producer tuning, measured with bench/kafka_sink.py against Tansu: 256 KiB batches compress well and
+# keep requests few; linger does not matter because write() flushes.
+_BATCH_BYTES = 256 * 1024
+_LINGER_MS = 5
+# Refused records: the first few of a batch are logged one by one, the rest as a count.
+_REFUSALS_LOGGED_PER_BATCH = 3
+_WARNING_INTERVAL_S = 10.0
+
+
+# --- message shapes ----------------------------------------------------------------------------
+
+
+class TradeEvent(msgspec.Struct, tag_field="event_type", tag="market_trade"):
+    venue: str
+    symbol: str
+    trade_id: int
+    side: str
+    price: float
+    size: float
+    amount: float  # price * size, as the legacy whale events carry it
+    timestamp: str  # exchange time, ISO 8601 UTC with milliseconds
+    timestamp_ms: int
+    received_at: str
+
+
+class BookEvent(msgspec.Struct, tag_field="event_type", tag="order_book"):
+    venue: str
+    symbol: str
+    update_id: int
+    timestamp: str
+    timestamp_ms: int
+    received_at: str
+    best_bid: float
+    best_bid_size: float
+    best_ask: float
+    best_ask_size: float
+    spread_bps: float
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class CheckpointEvent(msgspec.Struct, tag_field="event_type", tag="checkpoint"):
+    venue: str
+    symbol: str
+    trade_id: int  # every trade of the market with id <= trade_id is stored
+    updated_at: str
+
+
+class _Probe(msgspec.Struct):
+    """What the read-back needs from any message; unknown fields are ignored."""
+
+    event_type: str = ""
+    venue: str = ""
+    symbol: str = ""
+    trade_id: int | str | None = None
+    update_id: int | str | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_probe = msgspec.json.Decoder(_Probe).decode
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def iso_ms(us: int) -> str:
+    """Microseconds since the epoch -> '2024-11-01T12:34:56.123Z' (truncated to the millisecond)."""
+    second, rem = divmod(us, 1_000_000)
+    return f"{_second_prefix(second)}.{rem // 1000:03d}Z"
+
+
+def trade_event(t: Trade) -> TradeEvent:
+    return TradeEvent(
+        t.venue, t.symbol, t.trade_id, t.side, t.price, t.qty, t.price * t.qty,
+        iso_ms(t.ts_us), t.ts_us // 1000, iso_ms(t.recv_us),
+    )
+
+
+def book_event(b: BookTop) -> BookEvent:
+    return BookEvent(
+        b.venue, b.symbol, b.update_id, iso_ms(b.ts_us), b.ts_us // 1000, iso_ms(b.recv_us),
+        b.bid_px, b.bid_sz, b.ask_px, b.ask_sz, b.spread_bps, b.bids, b.asks,
+    )
+
+
+# --- routes: record kind -> topic and message ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: str  # Record.KIND
+    topic_option: str  # KafkaSinkConfig attribute naming the topic
+    event_type: str  # "event_type" of its messages (how the read-back recognizes them)
+    id_field: str  # message field holding the natural id within a market
+    to_event: Callable[[Any], msgspec.Struct]
+    natural_id: Callable[[Any], Hashable]
+
+
+ROUTES: dict[str, Route] = {}
+
+
+def register_route(route: Route) -> None:
+    """Route another record kind (e.g. whale events, to cfg.whales_topic). Records must have
+    `venue` and `symbol` attributes; the natural id is unique within (kind, venue, symbol)."""
+    ROUTES[route.kind] = route
+
+
+register_route(Route(Trade.KIND, "trades_topic", "market_trade", "trade_id", trade_event, lambda r: r.trade_id))
+register_route(Route(BookTop.KIND, "books_topic", "order_book", "update_id", book_event, lambda r: r.update_id))
+
+
+def market_key(venue: str, symbol: str) -> bytes:
+    return f"{venue}:{symbol}".encode()
+
+
+# --- the window of delivered natural keys ----------------------------------------------------------
+
+
+class _Market:
+    __slots__ = ("ids", "floor", "key")
+
+    def __init__(self, key: bytes | None) -> None:
+        self.ids: set = set()
+        self.floor: int | None = None  # ids <= floor may have been delivered and forgotten
+        self.key = key  # message key, None when venue:symbol is not valid UTF-8
+
+    def raise_floor(self, value: int) -> None:
+        if self.floor is None or value > self.floor:
+            self.floor = value
+
+
+class DeliveredWindow:
+    """Natural keys of the last `capacity` records known to be on the broker, per (kind, venue, symbol)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("the de-duplication window must hold at least one key")
+        self.capacity = capacity
+        self._markets: dict[tuple[str, str, str], _Market] = {}
+        self._order: deque[tuple[_Market, Hashable]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def market(self, kind: str, venue: str, symbol: str) -> _Market:
+        ident = (kind, venue, symbol)
+        m = self._markets.get(ident)
+        if m is None:
+            try:
+                key = market_key(venue, symbol)
+            except UnicodeEncodeError:
+                key = None
+            m = self._markets[ident] = _Market(key)
+        return m
+
+    def add(self, market: _Market, natural_id: Hashable) -> None:
+        if natural_id in market.ids:
+            return
+        market.ids.add(natural_id)
+        order = self._order
+        order.append((market, natural_id))
+        while len(order) > self.capacity:
+            old_market, old_id = order.popleft()
+            old_market.ids.discard(old_id)
+            if type(old_id) is int:
+                old_market.raise_floor(old_id)
+
+    def contains(self, kind: str, venue: str, symbol: str, natural_id: Hashable) -> bool:
+        m = self._markets.get((kind, venue, symbol))
+        return m is not None and natural_id in m.ids
+
+    def clear(self) -> None:
+        self._markets.clear()
+        self._order.clear()
+
+
+# --- the sink ------------------------------------------------------------------------------------
+
+
+class KafkaSink(Sink):
+    """Writes trades and book tops to Kafka topics, checkpoints to an internal compacted topic."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: Any,
+        *,
+        stats: StatsRegistry | None = None,
+        checkpoints_topic: str = CHECKPOINTS_TOPIC,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        tail_per_partition: int = DEFAULT_TAIL_PER_PARTITION,
+        checkpoint_tail: int = DEFAULT_CHECKPOINT_TAIL,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.bootstrap_servers = list(cfg.bootstrap_servers)
+        self.compression = None if cfg.compression == "none" else cfg.compression
+        self.client_id = cfg.client_id
+        self.delivery_timeout_s = float(cfg.delivery_timeout_s)
+        self.checkpoints_topic = checkpoints_topic
+        self.tail_per_partition = tail_per_partition
+        self.checkpoint_tail = checkpoint_tail
+        self.max_record_bytes = max_record_bytes
+        self._stats = stats
+        self._rows_written = f"sink.{name}.rows_written"
+        self._duplicates_skipped = f"sink.{name}.duplicates_skipped"
+        self._batches = f"sink.{name}.batches"
+        self._records_refused = f"sink.{name}.records_refused"
+        self._beyond_window = f"sink.{name}.beyond_window"
+        self._lock = threading.Lock()
+        self._producer = None
+        self._stale = True  # the producer and window must be (re)made before the next write
+        self._opened = False
+        self._window = DeliveredWindow(dedup_window)
+        self._checkpoints: dict[tuple[str, str], int] = {}  # stored on the broker, highest per market
+        self._next_beyond_warning = float("-inf")
+
+    def topic_for(self, kind: str) -> str:
+        return getattr(self.cfg, ROUTES[kind].topic_option)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            self._opened = True
+            if self._stale:
+                self._connect()
+        logger.info(
+            "sink %s: connected to %s (compression=%s); remembering %d delivered records, %d checkpoints",
+            self.name, ",".join(self.bootstrap_servers), self.compression or "none",
+            len(self._window), len(self._checkpoints),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._opened = False
+            self._stale = True
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=min(5.0, self.delivery_timeout_s))
+            except Exception as exc:  # must not raise
+                logger.warning("sink %s: error while closing the producer: %s", self.name, exc)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, batch: Sequence[Record]) -> None:
+        if not batch:
+            return
+        with self._lock:
+            if not self._opened:
+                raise SinkError(f"{self.name}: sink is not open")
+            if self._stale:
+                self._connect()
+            self._write(batch)
+
+    def _write(self, batch: Sequence[Record]) -> None:
+        producer = self._producer
+        deadline = time.monotonic() + self.delivery_timeout_s
+        window = self._window
+        send = producer.send
+        pending: list[tuple[Any, _Market, Hashable]] = []
+        in_flight: set[tuple[int, Hashable]] = set()  # (id(market), natural id) sent by this call
+        checkpoints: dict[tuple[str, str], int] = {}
+        topics = {kind: self.topic_for(kind) for kind in ROUTES}
+        duplicates = beyond = 0
+        refusals: list[str] = []
+        max_bytes = self.max_record_bytes
+
+        for record in batch:
+            kind = getattr(record, "KIND", None)
+            if kind == Checkpoint.KIND:
+                key = (record.venue, record.symbol)
+                if record.trade_id > checkpoints.get(key, record.trade_id - 1):
+                    checkpoints[key] = record.trade_id
+                continue
+            route = ROUTES.get(kind)  # type: ignore[arg-type]
+            if route is None:
+                # A programming error, not a store failure: no retry can fix it, so not a SinkError.
+                raise TypeError(f"KafkaSink cannot store {record!r}")
+            market = window.market(kind, record.venue, record.symbol)
+            natural_id = route.natural_id(record)
+            if natural_id in market.ids or (id(market), natural_id) in in_flight:
+                duplicates += 1
+                continue
+            if market.key is None:
+                refusals.append(_describe(record, "venue:symbol is not valid Unicode"))
+                continue
+            try:
+                value = _encode(route.to_event(record))
+            except (UnicodeEncodeError, ValueError, TypeError, OverflowError, OSError) as exc:
+                refusals.append(_describe(record, f"cannot be encoded as JSON: {exc}"))
+                continue
+            size = len(market.key) + len(value)
+            if size > max_bytes:
+                refusals.append(_describe(record, f"message of {size:,} bytes exceeds max_record_bytes {max_bytes:,}"))
+                continue
+            if market.floor is not None and type(natural_id) is int and natural_id <= market.floor:
+                beyond += 1
+            try:
+                future = send(topics[kind], value=value, key=market.key)
+            except MessageSizeTooLargeError as exc:  # the client's own estimate, with framing
+                refusals.append(_describe(record, str(exc)))
+                continue
+            except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
+                self._discard_producer()
+                raise SinkError(f"{self.name}: send to {topics[kind]} failed: {exc!r}") from exc
+            pending.append((future, market, natural_id))
+            in_flight.add((id(market), natural_id))
+
+        acked, failures, first_error = self._settle(producer, pending, deadline)
+        stats = self._stats
+        if stats is not None:
+            stats.incr(self._rows_written, acked)
+            stats.incr(self._duplicates_skipped, duplicates)
+            if refusals:
+                stats.incr(self._records_refused, len(refusals))
+            if beyond:
+                stats.incr(self._beyond_window, beyond)
+        if refusals:
+            self._log_refusals(refusals)
+        if beyond:
+            self._warn_beyond_window(beyond)
+        if failures:
+            self._discard_producer()
+            raise SinkError(
+                f"{self.name}: {failures} of {len(pending)} records not acknowledged "
+                f"({acked} were; a retry sends only the rest): {first_error!r}"
+            )
+        if checkpoints:
+            self._store_checkpoints(producer, checkpoints, deadline)
+        if stats is not None:
+            stats.incr(self._batches)
+
+    def _settle(self, producer, pending, deadline) -> tuple[int, int, BaseException | None]:
+        """Flush, then sort every future into acknowledged (remembered in the window) or failed."""
+        if pending:
+            try:
+                producer.flush(timeout=max(0.05, deadline - time.monotonic()))
+            except KafkaError:
+                pass  # undone futures are counted as failures below
+        add = self._window.add
+        acked = failures = 0
+        first_error: BaseException | None = None
+        for future, market, natural_id in pending:
+            if future.is_done and future.succeeded():
+                add(market, natural_id)
+                acked += 1
+            else:
+                failures += 1
+                if first_error is None:
+                    first_error = future.exception if future.is_done else TimeoutError(
+                        f"not acknowledged within delivery_timeout_s={self.delivery_timeout_s}"
+                    )
+        return acked, failures, first_error
+
+    def _store_checkpoints(self, producer, checkpoints: dict[tuple[str, str], int], deadline: float) -> None:
+        stored = self._checkpoints
+        fresh = {k: v for k, v in checkpoints.items() if v > stored.get(k, v - 1)}
+        if not fresh:
+            return
+        updated = iso_ms(now_us())
+        futures = []
+        try:
+            for (venue, symbol), trade_id in fresh.items():
+                try:
+                    key = market_key(venue, symbol)
+                    value = _encode(CheckpointEvent(venue, symbol, trade_id, updated))
+                except (UnicodeEncodeError, ValueError, TypeError, OverflowError) as exc:
+                    logger.warning("sink %s: checkpoint %r dropped: %s", self.name, (venue, symbol, trade_id), exc)
+                    continue
+                futures.append(((venue, symbol), trade_id, producer.send(self.checkpoints_topic, value=value, key=key)))
+            producer.flush(timeout=max(0.05, deadline - time.monotonic()))
+        except KafkaError as exc:
+            self._discard_producer()
+            raise SinkError(f"{self.name}: storing checkpoints failed (the data is stored): {exc!r}") from exc
+        failed = [f for _, _, f in futures if not (f.is_done and f.succeeded())]
+        for market, trade_id, future in futures:
+            if future.is_done and future.succeeded() and trade_id > stored.get(market, trade_id - 1):
+                stored[market] = trade_id
+        if failed:
+            self._discard_producer()
+            error = failed[0].exception if failed[0].is_done else "timed out"
+            raise SinkError(f"{self.name}: {len(failed)} checkpoints not acknowledged (the data is stored): {error!r}")
+
+    def _log_refusals(self, refusals: list[str]) -> None:
+        for text in refusals[:_REFUSALS_LOGGED_PER_BATCH]:
+            logger.warning("sink %s: refused %s", self.name, text)
+        if len(refusals) > _REFUSALS_LOGGED_PER_BATCH:
+            logger.warning(
+                "sink %s: refused %d more records of the same batch (see sink.%s.records_refused)",
+                self.name, len(refusals) - _REFUSALS_LOGGED_PER_BATCH, self.name,
+            )
+
+    def _warn_beyond_window(self, count: int) -> None:
+        now = time.monotonic()
+        if now < self._next_beyond_warning:
+            return
+        self._next_beyond_warning = now + _WARNING_INTERVAL_S
+        logger.warning(
+            "sink %s: sent %d records older than the de-duplication window (%d keys); if they were "
+            "delivered before, Kafka now holds them twice (sink.%s.beyond_window)",
+            self.name, count, self._window.capacity, self.name,
+        )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def resume_points(self, venue: str) -> dict[str, int]:
+        with self._lock:
+            return {symbol: trade_id for (v, symbol), trade_id in self._checkpoints.items() if v == venue}
+
+    def delivered(self, kind: str, venue: str, symbol: str, natural_id: Hashable) -> bool:
+        """Whether the window remembers this record as on the broker (for tests and operators)."""
+        with self._lock:
+            return self._window.contains(kind, venue, symbol, natural_id)
+
+    # --- connecting ----------------------------------------------------------------------------
+
+    def _discard_producer(self) -> None:
+        """After a failure: drop the producer (pending sends fail now) and rebuild before the next write."""
+        producer, self._producer = self._producer, None
+        self._stale = True
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:
+                logger.debug("sink %s: closing a failed producer: %r", self.name, exc)
+
+    def _connect(self) -> None:
+        """Make a producer, make sure the checkpoints topic exists, and rebuild the window and the
+        checkpoints from what the broker holds. Raises SinkError; leaves the sink stale on failure."""
+        self._discard_producer()
+        timeout_ms = int(self.delivery_timeout_s * 1000)
+        try:
+            producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=self.client_id,
+                acks="all",
+                enable_idempotence=True,
+                compression_type=self.compression,
+                batch_size=_BATCH_BYTES,
+                linger_ms=_LINGER_MS,
+                # Every bound follows delivery_timeout_s, so a write fails within about that long.
+                delivery_timeout_ms=timeout_ms,
+                request_timeout_ms=max(500, timeout_ms - _LINGER_MS),
+                max_block_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
+                # A few bytes of framing over our own limit, so ours is the one that refuses (and logs).
+                max_request_size=max(1 << 20, self.max_record_bytes + 1024),
+                partitioner=_CachedKeyPartitioner(),
+                metrics_enabled=False,  # ~10 % of send() time; ingestd keeps its own counters
+            )
+        except (RuntimeError, ValueError) as exc:  # e.g. lz4 without its Python package: not retriable
+            raise SinkError(f"{self.name}: cannot make a Kafka producer: {exc}") from exc
+        except KafkaError as exc:
+            raise SinkError(f"{self.name}: cannot reach {','.join(self.bootstrap_servers)}: {exc!r}") from exc
+        try:
+            self._ensure_checkpoints_topic()
+            window, checkpoints = self._read_back()
+        except BaseException:
+            try:
+                producer.close(timeout=0)
+            except Exception:
+                pass
+            raise
+        self._producer = producer
+        self._window = window
+        self._checkpoints = checkpoints
+        self._stale = False
+
+    def _ensure_checkpoints_topic(self) -> None:
+        timeout_ms = int(self.delivery_timeout_s * 1000)
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-admin",
+                request_timeout_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
+            )
+        except KafkaError as exc:
+            raise SinkError(f"{self.name}: cannot reach {','.join(self.bootstrap_servers)}: {exc!r}") from exc
+        try:
+            if self.checkpoints_topic in admin.list_topics():
+                return
+            admin.create_topics(
+                [NewTopic(self.checkpoints_topic, 1, -1, topic_configs={"cleanup.policy": "compact"})]
+            )
+            logger.info("sink %s: created compacted topic %s", self.name, self.checkpoints_topic)
+        except TopicAlreadyExistsError:
+            pass
+        except KafkaError as exc:
+            # Not fatal: the first checkpoint send auto-creates it (not compacted) or fails loudly.
+            logger.warning("sink %s: could not create topic %s: %r", self.name, self.checkpoints_topic, exc)
+        finally:
+            admin.close()
+
+    def _read_back(self) -> tuple[DeliveredWindow, dict[tuple[str, str], int]]:
+        """The window and the checkpoints as the broker has them (see the module docstring)."""
+        timeout_ms = int(self.delivery_timeout_s * 1000)
+        window = DeliveredWindow(self._window.capacity)
+        checkpoints: dict[tuple[str, str], int] = {}
+        routes_by_event = {route.event_type: route for route in ROUTES.values()}
+        data_topics = sorted({self.topic_for(kind) for kind in ROUTES})
+        started = time.monotonic()
+        deadline = started + max(30.0, self.delivery_timeout_s)
+        read = 0
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-readback",
+                enable_auto_commit=False,
+                allow_auto_create_topics=False,
+                auto_offset_reset="earliest",  # a seek below the log start lands on the log start
+                max_poll_records=20_000,
+                fetch_max_wait_ms=50,
+                max_partition_fetch_bytes=8 << 20,
+                request_timeout_ms=max(1000, timeout_ms),
+                bootstrap_timeout_ms=timeout_ms,
+                metrics_enabled=False,
+            )
+        except KafkaError as exc:
+            raise SinkError(f"{self.name}: cannot reach {','.join(self.bootstrap_servers)}: {exc!r}") from exc
+        try:
+            tps = []
+            for topic in [*data_topics, self.checkpoints_topic]:
+                tps += [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not tps:
+                return window, checkpoints
+            consumer.assign(tps)
+            begin = consumer.beginning_offsets(tps)
+            end_hint = consumer.end_offsets(tps)  # Tansu: may be below the true end, never above
+            cut: set = set()  # partitions whose older messages were not read
+            for tp in tps:
+                tail = self.checkpoint_tail if tp.topic == self.checkpoints_topic else self.tail_per_partition
+                start = max(begin[tp], end_hint[tp] - tail)
+                if start > begin[tp]:
+                    cut.add(tp)
+                consumer.seek(tp, start)
+            lowest: dict[tuple[TopicPartition, _Market], int] = {}  # per cut partition: lowest id read
+            remaining = set(tps)
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise SinkError(f"{self.name}: reading back {len(remaining)} partitions timed out")
+                for tp, messages in consumer.poll(timeout_ms=100).items():
+                    read += len(messages)
+                    if tp.topic == self.checkpoints_topic:
+                        _take_checkpoints(messages, checkpoints)
+                    else:
+                        _take_delivered(messages, routes_by_event, window, lowest if tp in cut else None, tp)
+                for tp in list(remaining):
+                    hw = consumer.highwater(tp)
+                    if hw is not None and consumer.position(tp) >= hw:
+                        remaining.discard(tp)
+            for (_, market), low in lowest.items():
+                if type(low) is int:
+                    market.raise_floor(low - 1)
+        except KafkaError as exc:
+            raise SinkError(f"{self.name}: reading back from {','.join(self.bootstrap_servers)} failed: {exc!r}") from exc
+        finally:
+            consumer.close()
+        logger.info(
+            "sink %s: read back %d messages in %.2fs: %d delivered records remembered, %d checkpoints",
+            self.name, read, time.monotonic() - started, len(window), len(checkpoints),
+        )
+        return window, checkpoints
+
+
+def _take_delivered(messages, routes_by_event, window: DeliveredWindow, lowest, tp) -> None:
+    for message in messages:
+        try:
+            probe = _decode_probe(message.value)
+        except (msgspec.DecodeError, TypeError):
+            continue  # not one of ours
+        route = routes_by_event.get(probe.event_type)
+        if route is None:
+            continue
+        natural_id = getattr(probe, route.id_field)
+        if natural_id is None:
+            continue
+        market = window.market(route.kind, probe.venue, probe.symbol)
+        window.add(market, natural_id)
+        if lowest is not None and type(natural_id) is int:
+            slot = (tp, market)
+            if natural_id < lowest.get(slot, natural_id + 1):
+                lowest[slot] = natural_id
+
+
+def _take_checkpoints(messages, checkpoints: dict[tuple[str, str], int]) -> None:
+    for message in messages:
+        try:
+            probe = _decode_probe(message.value)
+        except (msgspec.DecodeError, TypeError):
+            continue
+        if probe.event_type != "checkpoint" or type(probe.trade_id) is not int:
+            continue
+        market = (probe.venue, probe.symbol)
+        if probe.trade_id > checkpoints.get(market, probe.trade_id - 1):
+            checkpoints[market] = probe.trade_id
+
+
+def _describe(record: Any, reason: str) -> str:
+    """A log-safe description of a refused record: reprs, cut short (no raw newlines, no megabytes)."""
+    natural = getattr(record, "trade_id", getattr(record, "update_id", None))
+    return (
+        f"{getattr(record, 'KIND', type(record).__name__)} {_short(getattr(record, 'venue', None))}:"
+        f"{_short(getattr(record, 'symbol', None))} id {_short(natural)}: {reason}"
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text):,} chars)"
+
+
+class _CachedKeyPartitioner(Partitioner):
+    """kafka-python's DefaultPartitioner (murmur2 of the key, as the Java client), with the hash of
+    each key cached: pure-Python murmur2 was ~20 % of send() time, and a feed has few distinct keys."""
+
+    _MAX_CACHED = 100_000
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"no partitions known for topic {topic}")
+        if serialized_key is None:
+            return random.choice(sorted(partitions))
+        h = self._hashes.get(serialized_key)
+        if h is None:
+            if len(self._hashes) >= self._MAX_CACHED:
+                self._hashes.clear()
+            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        return h % len(partitions)  # Kafka numbers partitions 0..n-1
