@@ -275,6 +275,8 @@ class _Context:
 
 
 def _fmt_s(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
@@ -519,7 +521,7 @@ class AlertEngine:
             return None
         del self._states[key]
         return Transition(self.instance, rule.name, rule.severity, RESOLVED, dict(alert.labels),
-                          f"resolved: {finding.message}", alert.since, now)
+                          finding.message, alert.since, now)
 
     def _track_sinks(self, ctx: _Context) -> None:
         for sink in ctx.sinks():
@@ -567,7 +569,7 @@ _LOG_LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "error": logging
 def log_transition(t: Transition) -> None:
     level = _LOG_LEVEL[t.severity] if t.state == FIRING else logging.INFO
     extra = {"alert": t.name, "severity": t.severity, "state": t.state, "since": iso_time(t.since), **t.labels}
-    log.log(level, "alert %s: %s", t.state, t.message, extra=extra)
+    log.log(level, "alert %s %s: %s", t.name, t.state, t.message, extra=extra)
 
 
 def alert_records(engine: AlertEngine, resolved: int = 20) -> list[dict[str, Any]]:

@@ -86,7 +86,7 @@ def test_websocket_down_fires_after_for_and_resolves_once():
     assert fired.severity == "critical" and fired.since == T0 + 10
     assert "no WebSocket connection up (0/2)" in fired.message and "connection refused" in fired.message
     assert resolved.since == fired.since  # the receiver can tell how long it lasted
-    assert resolved.message.startswith("resolved: 2/2")
+    assert resolved.message == "2/2 WebSocket connections up"
     assert engine.active() == []
     assert [t.state for t in engine.history()] == [FIRING, RESOLVED]
 
@@ -342,5 +342,5 @@ async def test_run_alerts_publishes_on_the_registry_and_survives_a_dead_webhook(
                 await trio.sleep(0.02)
         assert [a["name"] for a in stats.alerts] == ["WebSocketDown"]
         nursery.cancel_scope.cancel()
-    firing_logs = [r for r in caplog.records if r.getMessage().startswith("alert firing")]
+    firing_logs = [r for r in caplog.records if r.getMessage().startswith("alert WebSocketDown firing")]
     assert len(firing_logs) == 1  # logged once, not at every evaluation
