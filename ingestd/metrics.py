@@ -39,6 +39,10 @@ Metric names (the seeds' names first, where their meaning carries over)
     <venue>.rest.backfill_pages           ingestd_rest_backfill_pages_total                    venue
     sink.<s>.batches                      ingestd_sink_batches_total                           sink
     sink.<s>.duplicates_skipped           ingestd_sink_duplicates_skipped_total                sink
+    sink.<s>.records_refused              ingestd_sink_records_refused_total                   sink
+    any other <venue>.<event> counter     ingestd_feed_events_total                            venue, event
+    any other sink.<s>.<event> counter    ingestd_sink_events_total                            sink, event
+    spool.<s>.<event> counters            ingestd_spool_events_total                           sink, event
     any other counter                     ingestd_counter_total  (name = the registry key)     name
     <venue>.symbols                       ingestd_symbols                                      venue
     <venue>.books_live                    ingestd_books_live                                   venue
@@ -259,6 +263,7 @@ _SINK_COUNTERS: dict[str, tuple[str, str]] = {
     "write_errors": ("ingestion_failure", "Sink write attempts that failed (each is retried)"),
     "batches": ("ingestd_sink_batches", "Batches committed by the sink"),
     "duplicates_skipped": ("ingestd_sink_duplicates_skipped", "Rows skipped as already stored"),
+    "records_refused": ("ingestd_sink_records_refused", "Records the store refused (logged, not retried)"),
 }
 _FEED_GAUGES: dict[str, tuple[str, str]] = {
     "symbols": ("ingestd_symbols", "Symbols followed"),
@@ -409,13 +414,16 @@ class IngestdCollector(Collector):
                 if spec is not None:
                     name, doc, extra = spec
                     out.counter(name, doc, {"venue": who, **extra}, value)
-                    continue
+                else:
+                    out.counter("ingestd_feed_events", "Other feed counters", {"venue": who, "event": fld}, value)
             elif kind == "sink":
                 spec2 = _SINK_COUNTERS.get(fld)
                 if spec2 is not None:
                     out.counter(spec2[0], spec2[1], {"sink": who}, value)
-                    continue
-            out.counter("ingestd_counter", "Other registry counters", {"name": key}, value)
+                else:
+                    out.counter("ingestd_sink_events", "Other sink counters", {"sink": who, "event": fld}, value)
+            else:
+                out.counter("ingestd_spool_events", "Spool counters", {"sink": who, "event": fld}, value)
         for venue, n in sorted(malformed.items()):
             out.counter("websocket_messages_received", _WS_DOC,
                         {"venue": venue, "type": "malformed"}, n)

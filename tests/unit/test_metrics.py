@@ -49,6 +49,10 @@ def busy_registry() -> StatsRegistry:
     s.incr("sink.local.batches", 12)
     s.incr("sink.pg.rows_written", 900)
     s.incr("something.new", 1)
+    s.incr("binance.rest.novelty", 6)
+    s.incr("sink.pg.dedup_window_overflows", 2)
+    s.incr("spool.pg.replayed_batches", 8)
+    s.incr("stray", 1)
     s.set_gauge("binance.symbols", 20)
     s.set_gauge("binance.books_live", 19)
     s.set_gauge("binance.connections_planned", 2)
@@ -108,7 +112,12 @@ def test_counter_mapping():
     assert value(fams["ingestd_trade_gaps"], "_total") == 5
     assert value(fams["ingestd_trades_backfilled"], "_total") == 40
     assert value(fams["ingestd_rest_responses"], "_total", status="429") == 1
-    assert value(fams["ingestd_counter"], "_total", name="something.new") == 1  # nothing is dropped
+    # nothing is dropped: counters without a name of their own keep their registry key in a label
+    assert value(fams["ingestd_feed_events"], "_total", venue="something", event="new") == 1
+    assert value(fams["ingestd_feed_events"], "_total", venue="binance", event="rest.novelty") == 6
+    assert value(fams["ingestd_sink_events"], "_total", sink="pg", event="dedup_window_overflows") == 2
+    assert value(fams["ingestd_spool_events"], "_total", sink="pg", event="replayed_batches") == 8
+    assert value(fams["ingestd_counter"], "_total", name="stray") == 1
 
 
 def test_gauges_connections_queues():
