@@ -423,6 +423,10 @@ class RedisStreamsSink(Sink):
                 if client.eval("return type(cmsgpack)", 0) != b"table":
                     raise redis.ResponseError("its Lua has no cmsgpack library, which the sink's script needs")
                 self._sha = client.script_load(SCRIPT)
+            except redis.AuthenticationError as exc:  # a ConnectionError subclass, but no retry fixes it
+                self._client = None
+                client.close()
+                raise SinkError(f"{self.name}: {self.where} refused the login: {exc}") from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("sink %s: %s is not reachable yet (%s); writes will retry", self.name, self.where, exc)
                 return
