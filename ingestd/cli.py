@@ -116,6 +116,12 @@ def tail(args: argparse.Namespace) -> int:
     return run_tail(args)
 
 
+def db_migrate(args: argparse.Namespace) -> int:
+    from ingestd.db.cli import run_migrate
+
+    return run_migrate(args)
+
+
 # --- argument parsing --------------------------------------------------------------------------
 
 
@@ -277,6 +283,20 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
         "--venue", default="binance", help="fills {venue} in a stream template that has one (default: binance)"
     )
     tail_parser.set_defaults(handler=tail)
+
+    db_parser = _add_command(commands, "db", "database maintenance for the postgres sinks", "Database commands.")
+    db_commands = db_parser.add_subparsers(dest="db_command", title="commands", metavar="COMMAND", required=True)
+    migrate_parser = _add_command(
+        db_commands,
+        "migrate",
+        "create or upgrade the schema of the postgres sinks",
+        "Apply the pending schema migrations to every [sinks.NAME] with type = \"postgres\" (or only\n"
+        "--sink NAME), printing what was applied, or \"up to date\". Safe to run again, and beside a\n"
+        "running daemon (migrations take a lock). The daemon also migrates when it starts.\n\n"
+        "exit status: 0 done, 1 a server could not be reached or a migration failed, 2 config problem",
+    )
+    migrate_parser.add_argument("--sink", metavar="NAME", help="only this sink (default: every postgres sink)")
+    migrate_parser.set_defaults(handler=db_migrate)
 
     sim_parser = _add_command(
         commands,

@@ -25,8 +25,9 @@ even when tests fail; an `atexit` hook destroys every server this process starte
 such as the benchmark); and the postmaster is started with the Linux parent-death signal set to
 SIGQUIT, so even a `kill -9` of pytest takes it down (immediate shutdown, its backends follow).
 
-Speed: test servers run with `fsync=off` and `synchronous_commit=off`, which lose nothing unless the
-machine crashes; `PgServer(durable=True)` keeps PostgreSQL's defaults (the benchmark uses it).
+Speed: test servers run with `fsync=off` (commits still reach the kernel, so even a killed postmaster
+loses nothing committed; only a machine crash could); `PgServer(durable=True)` keeps PostgreSQL's
+defaults (the benchmark uses it).
 
 Use in tests
 ------------
@@ -189,7 +190,9 @@ class PgServer:
             "log_min_messages": "warning",
         }
         if not self.durable:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+            # A killed postmaster (stop(immediate=True)) still loses nothing committed: WAL is written
+            # to the kernel at each commit, only not fsynced. A machine crash could lose it.
+            settings.update(fsync="off", full_page_writes="off")
         settings.update(self.settings)
         args = [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():

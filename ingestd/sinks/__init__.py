@@ -17,6 +17,10 @@ def build_sink(name: str, cfg: Any, *, state_dir: Path, stats: StatsRegistry) ->
         from ingestd.sinks.sqlite import SqliteSink
 
         return SqliteSink(name, cfg.resolved_path(state_dir), synchronous=cfg.synchronous, stats=stats)
+    if cfg.type == "postgres":
+        from ingestd.sinks.postgres import PostgresSink
+
+        return PostgresSink(name, cfg, stats=stats)
     if cfg.type == "kafka":
         from ingestd.sinks.kafka import KafkaSink
 
