@@ -674,11 +674,11 @@ class KafkaSink(Sink):
                 return window, checkpoints
             consumer.assign(tps)
             begin = consumer.beginning_offsets(tps)
-            end_hint = consumer.end_offsets(tps)  # Tansu: may be below the true end, never above
+            end = self._log_ends(consumer, tps, begin, deadline)
             cut: set = set()  # partitions whose older messages were not read
             for tp in tps:
                 tail = self.checkpoint_tail if tp.topic == self.checkpoints_topic else self.tail_per_partition
-                start = max(begin[tp], end_hint[tp] - tail)
+                start = max(begin[tp], end[tp] - tail)
                 if start > begin[tp]:
                     cut.add(tp)
                 consumer.seek(tp, start)
@@ -694,8 +694,7 @@ class KafkaSink(Sink):
                     else:
                         _take_delivered(messages, routes_by_event, window, lowest if tp in cut else None, tp)
                 for tp in list(remaining):
-                    hw = consumer.highwater(tp)
-                    if hw is not None and consumer.position(tp) >= hw:
+                    if consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
             for (_, market), low in lowest.items():
                 if type(low) is int:
@@ -709,6 +708,25 @@ class KafkaSink(Sink):
             self.name, read, time.monotonic() - started, len(window), len(checkpoints),
         )
         return window, checkpoints
+
+    def _log_ends(self, consumer, tps, begin, deadline) -> dict:
+        """Each partition's log end offset, from the high watermark of a fetch response.
+
+        `end_offsets()` alone will not do on Tansu 0.6, whose "latest" offset is the base offset of
+        the last record batch plus one: up to a whole producer batch short. Its fetch responses carry
+        the right high watermark, so fetch once from just below that hint (at most one batch comes
+        back) and take the high watermark. On Kafka the hint is already exact and this costs one fetch.
+        """
+        hint = consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begin[tp], hint[tp] - 1))
+        unknown = set(tps)
+        while unknown:
+            if time.monotonic() > deadline:
+                raise SinkError(f"{self.name}: no high watermark for {len(unknown)} partitions in time")
+            consumer.poll(timeout_ms=100)  # records discarded: the read proper follows
+            unknown = {tp for tp in unknown if consumer.highwater(tp) is None}
+        return {tp: max(hint[tp], consumer.highwater(tp)) for tp in tps}
 
 
 def _take_delivered(messages, routes_by_event, window: DeliveredWindow, lowest, tp) -> None:
