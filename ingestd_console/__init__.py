@@ -1,0 +1,1 @@
+"""ingestd-console: watch every ingestd instance's stats socket, live (Textual, asyncio)."""
