@@ -236,3 +236,217 @@ def test_read_memory_cgroup_v1_and_no_limit(tmp_path):
 def test_read_memory_without_cgroups_never_raises(tmp_path):
     mem = read_memory(tmp_path / "none", tmp_path / "none")
     assert mem == MemoryUsage(None, None, None)
+
+
+# --- the shipped Prometheus rules and Grafana dashboard -------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "packaging" / "prometheus" / "ingestd-alerts.yml"
+DASHBOARD = REPO / "packaging" / "grafana" / "ingestd-dashboard.json"
+PROMTOOL = shutil.which("promtool")
+
+# Series as Prometheus stores them after a scrape: our labels plus the target's job and instance.
+_T = 'job="ingestd",instance="h:8099",ingestd_instance="binance"'
+
+PROMTOOL_TESTS = f"""
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'ingestd_websocket_connections{{{_T},venue="binance",state="up"}}'
+        values: '1 1 0 0 0 0 0'
+      - series: 'ingestd_websocket_connections{{{_T},venue="binance",state="backoff"}}'
+        values: '0 0 1 1 1 1 1'
+      - series: 'ingestd_websocket_connections_planned{{{_T},venue="binance"}}'
+        values: '1x6'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: WebSocketDown
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: WebSocketDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ingestd, instance: "h:8099", ingestd_instance: binance}}
+
+  - interval: 1m
+    input_series:
+      # messages flow for 5 minutes, then stop; the sink keeps committing until minute 3
+      - series: 'websocket_messages_received_total{{{_T},venue="binance",type="trade"}}'
+        values: '0+100x5 500x10'
+      - series: 'ingestd_sink_batches_total{{{_T},sink="local"}}'
+        values: '0+10x3 30x12'
+      - series: 'ingestion_failure_total{{{_T},sink="local"}}'
+        values: '0 0 0 0 5 10 10 10 10 10 10 10 10 10 10 10'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: NoDataReceived
+        exp_alerts: []
+      - eval_time: 11m
+        alertname: NoDataReceived
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ingestd, instance: "h:8099", ingestd_instance: binance}}
+      - eval_time: 5m
+        alertname: SinkWriteErrors
+        exp_alerts:
+          - exp_labels: {{severity: error, job: ingestd, instance: "h:8099", ingestd_instance: binance,
+                          sink: local}}
+      - eval_time: 8m
+        alertname: SinkWriteErrors
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: NoDataWritten
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ingestd, instance: "h:8099", ingestd_instance: binance,
+                          sink: local}}
+      - eval_time: 11m
+        alertname: NoDataWritten
+        exp_alerts: []
+
+  - interval: 1m
+    input_series:
+      - series: 'ingestd_start_time_seconds{{{_T}}}'
+        values: '0x10'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: NoDataReceived
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: NoDataReceived
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ingestd, instance: "h:8099", ingestd_instance: binance}}
+
+  - interval: 1m
+    input_series:
+      - series: 'websocket_messages_received_total{{{_T},venue="binance",type="trade"}}'
+        values: '0+98x10'
+      - series: 'websocket_messages_received_total{{{_T},venue="binance",type="malformed"}}'
+        values: '0+2x10'
+      - series: 'ingestd_memory_working_set_bytes{{{_T}}}'
+        values: '850x10'
+      - series: 'ingestd_memory_limit_bytes{{{_T}}}'
+        values: '1000x10'
+      - series: 'ingestd_spool_fill_ratio{{{_T},sink="pg"}}'
+        values: '0.5 0.9x9'
+      - series: 'ingestd_lag_seconds{{{_T},quantile="0.99"}}'
+        values: '2x10'
+    alert_rule_test:
+      - eval_time: 7m
+        alertname: HighErrorRate
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: ingestd, instance: "h:8099", ingestd_instance: binance}}
+      - eval_time: 3m
+        alertname: MemoryHigh
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: ingestd, instance: "h:8099", ingestd_instance: binance}}
+      - eval_time: 0m
+        alertname: SpoolFilling
+        exp_alerts: []
+      - eval_time: 1m
+        alertname: SpoolFilling
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: ingestd, instance: "h:8099", ingestd_instance: binance,
+                          sink: pg}}
+      - eval_time: 6m
+        alertname: HighLag
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: ingestd, instance: "h:8099", ingestd_instance: binance,
+                          quantile: "0.99"}}
+"""
+
+
+def _without_annotations(rules_text: str) -> str:
+    """promtool compares annotations too; the behaviour under test is expressions, `for` and labels."""
+    out, skipping = [], None
+    for line in rules_text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skipping is not None and (not line.strip() or indent > skipping):
+            continue
+        skipping = None
+        if line.strip() == "annotations:":
+            skipping = indent
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+def test_prometheus_rules_are_valid_and_fire_as_the_engine_does(tmp_path):
+    check = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    rules = tmp_path / "rules.yml"
+    rules.write_text(_without_annotations(RULES.read_text()))
+    tests = tmp_path / "tests.yml"
+    tests.write_text(f"rule_files:\n  - {rules}\n" + PROMTOOL_TESTS)
+    result = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+_OUR_METRIC = re.compile(
+    r"\b((?:ingestd|ingestion|websocket|trade_processing)_[a-z0-9_]+|process_[a-z_]+)\b"
+)
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _exposed_names() -> set[str]:
+    stats = busy_registry()
+    engine = AlertEngine("binance-2", AlertConfig(ws_down_for_s=0))
+    stats.connection("binance/0#1").state = "backoff"
+    from ingestd.metrics import _FEED_COUNTERS, _FEED_GAUGES, _SINK_COUNTERS, _SPOOL_GAUGES
+
+    for key in _FEED_COUNTERS:  # every name the collector can produce
+        stats.incr(f"binance.{key}")
+    for key in _SINK_COUNTERS:
+        stats.incr(f"sink.pg.{key}")
+    for key in _FEED_GAUGES:
+        stats.set_gauge(f"binance.{key}", 1)
+    for key in _SPOOL_GAUGES:
+        stats.set_gauge(f"spool.pg.{key}", 1)
+    engine.evaluate(stats.snapshot(), 1_800_000_000.0)
+    registry = build_registry(stats, alerts=engine.active, memory=lambda: MemoryUsage(1, 2, 1))
+    names = set()
+    for fam in text_string_to_metric_families(render(registry)[0].decode()):
+        names.add(fam.name)
+        names.update(s.name for s in fam.samples)
+    return names
+
+
+def _unknown(referenced: set[str]) -> set[str]:
+    exposed = _exposed_names() | {INSTANCE_LABEL}  # a label name, not a metric
+    return {n for n in referenced if n not in exposed and not (n.endswith(_SUFFIXES) and n.rsplit("_", 1)[0] in exposed)}
+
+
+def test_rules_use_only_metrics_we_expose():
+    rules_text = RULES.read_text()
+    exprs = "\n".join(re.findall(r"expr: (\|\n(?:\s{10,}.*\n)+|.*)", rules_text))
+    referenced = set(_OUR_METRIC.findall(exprs))
+    assert {"websocket_messages_received_total", "ingestion_failure_total"} <= referenced
+    assert _unknown(referenced) == set()
+    alert_names = set(re.findall(r"- alert: (\w+)", rules_text))
+    from ingestd.alerts import RULE_NAMES
+
+    assert set(RULE_NAMES) <= alert_names  # every engine rule has its Prometheus twin
+
+
+def test_dashboard_is_importable_json_over_our_metrics():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["title"] and dash["uid"] and dash["schemaVersion"] >= 30
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert len(panels) >= 8
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    assert exprs and all(t.get("datasource") for p in panels for t in p.get("targets", []))
+    referenced = set(_OUR_METRIC.findall("\n".join(exprs)))
+    assert {"websocket_messages_received_total", "ingestion_success_total", "ingestion_failure_total",
+            "trade_processing_latency_seconds_bucket", "ingestd_websocket_connections",
+            "ingestd_spool_fill_ratio"} <= referenced
+    assert _unknown(referenced) == set()
+    templating = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "ingestd_instance"} <= templating
