@@ -299,7 +299,10 @@ def _no_data(ctx: _Context) -> Iterable[Finding]:
     ref = last if last is not None else ctx.started
     age = ctx.now - ref
     if age >= ctx.cfg.no_data_s:
-        msg = f"no data received since start ({_fmt_s(age)} ago)" if last is None else f"no data received for {_fmt_s(age)}"
+        if last is None:
+            msg = f"no data received in the {_fmt_s(age)} since start"
+        else:
+            msg = f"no data received for {_fmt_s(age)}"
         return [Finding({}, True, msg, since=ref)]
     return [Finding({}, False, f"last data {_fmt_s(age)} ago")]
 
@@ -356,7 +359,8 @@ def _error_rate(ctx: _Context) -> Iterable[Finding]:
     if messages is None or errors is None:
         return []
     if messages < max(1, cfg.error_rate_min_messages):
-        return [Finding({}, False, f"{messages} messages in the last {_fmt_s(cfg.error_rate_window_s)}: too few to judge")]
+        window = _fmt_s(cfg.error_rate_window_s)
+        return [Finding({}, False, f"{messages} messages in the last {window}: too few to judge")]
     rate = errors / messages
     msg = f"{rate:.2%} of messages malformed in the last {_fmt_s(cfg.error_rate_window_s)} ({errors}/{messages})"
     return [Finding({}, rate > cfg.error_rate, msg, clear=rate <= cfg.error_rate * cfg.clear_ratio)]
@@ -684,6 +688,6 @@ def config_from_mapping(values: dict[str, Any]) -> AlertConfig:
 
 __all__ = [
     "AlertConfig", "AlertEngine", "Alert", "Transition", "Finding", "Rule", "RULE_NAMES", "SEVERITIES",
-    "default_rules", "deliverable", "alert_records", "publish", "run_alerts", "post_transition", "process_sample", "config_from_mapping",
-    "iso_time",
+    "default_rules", "deliverable", "alert_records", "publish", "run_alerts", "post_transition",
+    "process_sample", "config_from_mapping", "iso_time",
 ]

@@ -419,7 +419,8 @@ def _exposed_names() -> set[str]:
 
 def _unknown(referenced: set[str]) -> set[str]:
     exposed = _exposed_names() | {INSTANCE_LABEL}  # a label name, not a metric
-    return {n for n in referenced if n not in exposed and not (n.endswith(_SUFFIXES) and n.rsplit("_", 1)[0] in exposed)}
+    return {n for n in referenced
+            if n not in exposed and not (n.endswith(_SUFFIXES) and n.rsplit("_", 1)[0] in exposed)}
 
 
 def test_rules_use_only_metrics_we_expose():
