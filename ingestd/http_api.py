@@ -24,7 +24,7 @@ Shapes (the stream-ingest service's, adapted to several sinks):
 
 A sink is "connected" unless its writes are failing: "retrying" from the first failed write with no
 successful one since, "failing" once that lasts `sink_fail_s`. Unhealthy (503) means: no WebSocket
-connection up (for a feed that has connections), or a sink "failing".
+connection up (for a feed that has connections), no feed running yet (starting), or a sink "failing".
 """
 
 from __future__ import annotations
@@ -192,6 +192,8 @@ class HealthCheck:
         reasons = []
         if planned and not up:
             reasons.append("no active websocket connections")
+        elif not planned and not any(k.startswith("feed.") for k in snapshot["heartbeat_age_s"]):
+            reasons.append("starting: no feed is running yet")
         for name, state in sinks.items():
             if state == "failing":
                 errors = snapshot["counters"].get(f"sink.{name}.write_errors", 0)

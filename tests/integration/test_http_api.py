@@ -252,6 +252,15 @@ async def _async(value):
 # --- health logic without I/O ---------------------------------------------------------------------
 
 
+def test_health_while_starting_and_for_a_feed_without_websockets():
+    stats = StatsRegistry("coingecko")
+    check = HealthCheck(stats)
+    assert check() == (False, {"status": "unhealthy", "reason": "starting: no feed is running yet", "sinks": {},
+                               "websocket_connections": 0})
+    stats.heartbeat("feed.coingecko")  # a REST-polling feed: no connections, but running
+    assert check()[0]
+
+
 def test_health_check_follows_sink_failures_with_a_grace_period():
     now = [100.0]
     stats = StatsRegistry("binance")
