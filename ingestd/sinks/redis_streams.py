@@ -134,12 +134,20 @@ end
 if mode == 'ids' then card = redis.call('ZCARD', above); find_lowest() end
 redis.call('XLEN', stream)
 
--- Fold remembered ids that the floor has reached into it; afterwards floor + 1 is never in the set.
+-- Fold remembered ids that the floor has reached into it, a run of up to 1024 per round trip into
+-- the set; afterwards floor + 1 is never in the set.
 local function settle()
   while lowest ~= nil and floor ~= nil and lowest <= floor + 1 do
-    if lowest == floor + 1 then floor = lowest end
-    redis.call('ZREM', above, fmt('%.0f', lowest))
-    card = card - 1
+    local run = redis.call('ZRANGE', above, 0, 1023, 'WITHSCORES')
+    local k = 0
+    for j = 2, #run, 2 do
+      local id = tonumber(run[j])
+      if id > floor + 1 then break end
+      if id == floor + 1 then floor = id end
+      k = k + 1
+    end
+    redis.call('ZREMRANGEBYRANK', above, 0, k - 1)
+    card = card - k
     find_lowest()
   end
 end

@@ -1,0 +1,331 @@
+"""Throughput and latency of the Redis Streams sink, against a real redis-server.
+
+    .venv/bin/python bench/redis_sink.py                    # starts its own redis-server (AOF everysec)
+    .venv/bin/python bench/redis_sink.py -n 200000
+    .venv/bin/python bench/redis_sink.py --url redis://host:6379/15   # an existing server; FLUSHDB first!
+
+Every figure counts records that are durable in the sense the sink promises: applied by Redis, and
+so in its append-only file within a second (`appendfsync everysec`); each run checks afterwards with
+XLEN/XRANGE that every record is in its stream, exactly once.
+
+0. Baseline: redis-py 8 pipelined `XADD ... MAXLEN ~`, no de-duplication (design.md's 79k/s line).
+1. Sink alone, batches of 1000 and 5000 trades over 20 pairs, ascending ids with one Checkpoint per
+   pair per batch (the shape a feed produces): the fast path. Then the same batches again (every
+   record a duplicate: a spool replay), then book tops with 10 levels a side.
+2. The late path: the second half of every pair's trades first (stored ahead of a hole, remembered
+   in the sorted set), then the first half (a backfill that closes the hole and empties the set).
+3. Sink alone beside a thread that keeps the GIL busy (the daemon at full load on 2 cores).
+4. Whole SinkRunner with a producer that decodes Binance JSON frames, as a feed does.
+5. Latency at a fixed offered rate (10k trades/s by default): exchange time -> stored, through
+   the SinkRunner, for linger 5 ms and the daemon's default 50 ms.
+6. Memory: bytes per id remembered above a floor (the cost of an open hole).
+
+Figures are printed, never judged: compare them on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import msgspec  # noqa: E402
+import redis  # noqa: E402
+import trio  # noqa: E402
+
+from ingestd.config import RedisSinkConfig  # noqa: E402
+from ingestd.model import BookTop, Checkpoint, Record, Trade, spread_bps  # noqa: E402
+from ingestd.pipeline import Router, SinkRunner  # noqa: E402
+from ingestd.sinks.redis_streams import RedisStreamsSink, above_key  # noqa: E402
+from ingestd.stats import StatsRegistry, now_us  # noqa: E402
+
+SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
+T0 = 1_700_000_000_000_000
+CHUNK = 100  # trades per Router.send
+
+
+def make_trades(n: int, first_id: int = 1) -> list[Trade]:
+    return [
+        Trade("binance", SYMBOLS[i % 20], first_id + i // 20, 65_000.0 + i * 0.01, 0.001, "buy", T0 + i * 50, T0 + i * 50 + 900)
+        for i in range(n)
+    ]
+
+
+def make_books(n: int, levels: int = 10) -> list[BookTop]:
+    out = []
+    for i in range(n):
+        bids = [(100.0 - k * 0.01, 1.0 + k) for k in range(levels)]
+        asks = [(100.01 + k * 0.01, 1.0 + k) for k in range(levels)]
+        out.append(BookTop("binance", SYMBOLS[i % 20], i // 20 + 1, T0 + i, T0 + i + 900, bids[0][0], bids[0][1],
+                           asks[0][0], asks[0][1], spread_bps(bids[0][0], asks[0][0]), bids, asks))
+    return out
+
+
+def batches_of(records: list, size: int, checkpoints: bool = True) -> list[list[Record]]:
+    """Slices of `size` records, each followed by one Checkpoint per pair (its highest id so far)."""
+    out = []
+    for k in range(0, len(records), size):
+        batch: list[Record] = list(records[k : k + size])
+        if checkpoints:
+            top: dict[str, int] = {}
+            for t in batch:
+                top[t.symbol] = t.trade_id
+            batch += [Checkpoint("binance", s, i) for s, i in top.items()]
+        out.append(batch)
+    return out
+
+
+def timed(sink: RedisStreamsSink, batches: list[list[Record]]) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        sink.write(batch)
+    return time.perf_counter() - start
+
+
+def new_sink(url: str, stats: StatsRegistry | None = None, **cfg: Any) -> RedisStreamsSink:
+    cfg.setdefault("stream_maxlen", 1 << 40)  # keep everything, so XLEN can prove it
+    sink = RedisStreamsSink("bench", RedisSinkConfig(name="bench", type="redis", url=url, **cfg), stats=stats)
+    sink.open()
+    return sink
+
+
+def check_stored(client: redis.Redis, n_per_symbol: int, prefix: str = "trades:") -> None:
+    """Every pair's stream holds ids 1..n_per_symbol exactly once."""
+    for s in SYMBOLS:
+        length = client.xlen(prefix + s)
+        assert length == n_per_symbol, f"{prefix}{s}: {length} entries, expected {n_per_symbol}"
+    ids = sorted(int(f[b"trade_id" if prefix == "trades:" else b"update_id"]) for _, f in client.xrange(prefix + SYMBOLS[0]))
+    assert ids == list(range(1, n_per_symbol + 1)), "ids differ"
+
+
+def bench_baseline(client: redis.Redis, trades: list[Trade]) -> None:
+    client.flushdb()
+    start = time.perf_counter()
+    for k in range(0, len(trades), 5000):
+        pipe = client.pipeline(transaction=False)
+        for t in trades[k : k + 5000]:
+            pipe.xadd(f"trades:{t.symbol}", {"exchange": t.venue, "pair": t.symbol, "price": str(t.price),
+                                             "qty": str(t.qty), "ts": str(t.ts_us), "side": t.side,
+                                             "trade_id": str(t.trade_id)},
+                      maxlen=1 << 40, approximate=True)
+        pipe.execute()
+    seconds = time.perf_counter() - start
+    check_stored(client, len(trades) // 20)
+    print(f"0. baseline, redis-py pipelined XADD MAXLEN ~, no de-duplication, batch 5,000: {len(trades) / seconds:>9,.0f}/s")
+
+
+def bench_alone(url: str, client: redis.Redis, trades: list[Trade]) -> None:
+    n = len(trades)
+    books = make_books(max(20, n // 10))
+    print(f"1. sink alone: {n:,} trades over {len(SYMBOLS)} pairs, one checkpoint per pair per batch")
+    for size in (1000, 5000):
+        client.flushdb()
+        stats = StatsRegistry("bench")
+        sink = new_sink(url, stats)
+        try:
+            batches = batches_of(trades, size)
+            new = timed(sink, batches)
+            again = timed(sink, batches)
+            book_s = timed(sink, batches_of(books, size, checkpoints=False))
+        finally:
+            sink.close()
+        check_stored(client, n // 20)
+        check_stored(client, len(books) // 20, "books:")
+        c = stats.counters
+        assert c["sink.bench.rows_written"] == n + len(books) and c["sink.bench.duplicates_skipped"] == n
+        print(f"   batch {size:>5,}: {n / new:>9,.0f} trades/s stored, {n / again:>9,.0f}/s replayed (all duplicates),"
+              f" {len(books) / book_s:>8,.0f} book tops/s")
+
+
+def bench_late(url: str, client: redis.Redis, trades: list[Trade]) -> None:
+    client.flushdb()
+    n = len(trades)
+    half = n // 2
+    sink = new_sink(url)
+    try:
+        sink.write([Checkpoint("binance", s, 0) for s in SYMBOLS])  # floors known: 0
+        ahead = timed(sink, batches_of(trades[half:], 5000, checkpoints=False))
+        remembered = sum(client.zcard(above_key(f"trades:{s}", "binance", s)) for s in SYMBOLS)
+        backfill = timed(sink, batches_of(trades[:half], 5000))
+    finally:
+        sink.close()
+    check_stored(client, n // 20)
+    left = sum(client.exists(above_key(f"trades:{s}", "binance", s)) for s in SYMBOLS)
+    print(f"2. late path, batch 5,000: {half / ahead:>9,.0f} trades/s stored ahead of a hole ({remembered:,} ids"
+          f" remembered), {half / backfill:>9,.0f}/s backfilling it ({left} sets left afterwards)")
+
+
+class GilHog:
+    def __enter__(self) -> None:
+        self._stop = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def _spin(self) -> None:
+        n = 0
+        while not self._stop:
+            n += 1
+
+
+def bench_contended(url: str, client: redis.Redis, trades: list[Trade]) -> None:
+    client.flushdb()
+    sink = new_sink(url)
+    try:
+        with GilHog():
+            seconds = timed(sink, batches_of(trades, 5000))
+    finally:
+        sink.close()
+    check_stored(client, len(trades) // 20)
+    print(f"3. sink alone beside a GIL-busy thread, batch 5,000: {len(trades) / seconds:>9,.0f} trades/s")
+
+
+class WireTrade(msgspec.Struct):
+    s: str
+    t: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+def wire_chunks(trades: list[Trade]) -> list[list[bytes]]:
+    encode = msgspec.json.Encoder().encode
+    frames = [encode({"e": "trade", "E": t.ts_us // 1000, "s": t.symbol, "t": t.trade_id, "p": str(t.price),
+                      "q": str(t.qty), "T": t.ts_us // 1000, "m": t.side == "sell", "M": True}) for t in trades]
+    return [frames[k : k + CHUNK] for k in range(0, len(frames), CHUNK)]
+
+
+def decode_chunk(frames: list[bytes], _decode=msgspec.json.Decoder(WireTrade).decode) -> list[Record]:
+    now = time.time_ns() // 1000
+    out: list[Record] = []
+    for frame in frames:
+        w = _decode(frame)
+        out.append(Trade("binance", w.s, w.t, float(w.p), float(w.q), "sell" if w.m else "buy", w.T * 1000, now))
+    return out
+
+
+def bench_runner(url: str, client: redis.Redis, trades: list[Trade]) -> None:
+    client.flushdb()
+    stats = StatsRegistry("bench")
+    sink = RedisStreamsSink("bench", RedisSinkConfig(name="bench", type="redis", url=url, stream_maxlen=1 << 40),
+                            stats=stats)
+    chunks = wire_chunks(trades)
+
+    async def run() -> float:
+        runner = SinkRunner(sink, stats, batch_size=5000, linger_s=0.05, capacity=256)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            start = time.perf_counter()
+            async with Router([runner]) as router:
+                for chunk in chunks:
+                    await router.send(decode_chunk(chunk))
+        return time.perf_counter() - start
+
+    cpu0 = time.process_time()
+    seconds = trio.run(run)
+    cpu = time.process_time() - cpu0
+    check_stored(client, len(trades) // 20)
+    batches = stats.counters["sink.bench.batches"]
+    print(f"4. whole runner, producer decoding JSON: {len(trades) / seconds:>9,.0f} trades/s stored"
+          f" ({batches} batches of {len(trades) / batches:,.0f} on average; process CPU {cpu / seconds:.0%} of one core)")
+
+
+def bench_latency(url: str, client: redis.Redis, rate: float, seconds: float) -> None:
+    print(f"5. latency at {rate:,.0f} trades/s offered for {seconds:g} s (20 pairs, a chunk every ms), exchange time -> stored:")
+    for linger in (0.005, 0.05):
+        client.flushdb()
+        stats = StatsRegistry("bench")
+        sink = RedisStreamsSink("bench", RedisSinkConfig(name="bench", type="redis", url=url), stats=stats)
+        per_ms = rate / 1000.0
+
+        async def run() -> int:
+            runner = SinkRunner(sink, stats, batch_size=5000, linger_s=linger, capacity=256)
+            sent = 0
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runner.run)
+                async with Router([runner]) as router:
+                    start = trio.current_time()
+                    due = 0.0
+                    while trio.current_time() - start < seconds:
+                        due += per_ms
+                        n = int(due) - sent
+                        now = now_us()
+                        chunk = [Trade("binance", SYMBOLS[(sent + k) % 20], (sent + k) // 20 + 1, 65_000.0, 0.001, "buy",
+                                       now, now) for k in range(n)]
+                        sent += n
+                        if chunk:
+                            await router.send(chunk)
+                        await trio.sleep_until(start + (sent / rate))
+            return sent
+
+        sent = trio.run(run)
+        snap = stats.stored_latency
+        p50, p99, top = (_percentile(snap, q) / 1000 for q in (0.5, 0.99, 1.0))
+        stored = sum(client.xlen(f"trades:{s}") for s in SYMBOLS)
+        assert stats.counters["sink.bench.rows_written"] == sent
+        print(f"   linger {linger * 1000:>4.0f} ms: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  max {top:6.1f} ms"
+              f"  ({sent:,} trades, {stats.counters['sink.bench.batches']:,} batches; {stored:,} in the trimmed streams)")
+
+
+def _percentile(latency: Any, q: float) -> float:
+    return float(latency.all_time.percentile(q) or 0)
+
+
+def bench_memory(url: str, client: redis.Redis) -> None:
+    client.flushdb()
+    sink = new_sink(url)
+    try:
+        # 100,000 ids stored ahead of a hole at id 1 (the default window), in batches of 5000.
+        sink.write([Checkpoint("binance", SYMBOLS[0], 0)])
+        for start in range(2, 100_002, 5000):
+            sink.write([Trade("binance", SYMBOLS[0], i, 1.0, 1.0, "buy", T0, T0) for i in range(start, start + 5000)])
+    finally:
+        sink.close()
+    key = above_key(f"trades:{SYMBOLS[0]}", "binance", SYMBOLS[0])
+    ids = client.zcard(key)
+    stream_bytes = client.memory_usage(f"trades:{SYMBOLS[0]}", samples=0) or 0
+    set_bytes = client.memory_usage(key, samples=0) or 0
+    print(f"6. memory of an open hole: {set_bytes / ids:,.0f} bytes per remembered id ({ids:,} ids);"
+          f" the stream itself: {stream_bytes / client.xlen(f'trades:{SYMBOLS[0]}'):,.0f} bytes per entry")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=400_000, help="trades per run, a multiple of 20 (default 400,000)")
+    parser.add_argument("--url", help="use this server instead of starting one; its database is FLUSHED")
+    parser.add_argument("--rate", type=float, default=10_000, help="offered trades/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
+    args = parser.parse_args()
+    n = args.n - args.n % 40
+    trades = make_trades(n)
+    with ExitStack() as stack:
+        url = args.url
+        if url is None:
+            from tests.redis_server import RedisServer
+
+            server = stack.enter_context(RedisServer())
+            url = server.url
+            print(f"redis-server {server.port}: appendonly yes, appendfsync everysec, no RDB snapshots")
+        client = stack.enter_context(redis.Redis.from_url(url))
+        bench_baseline(client, trades)
+        bench_alone(url, client, trades)
+        bench_late(url, client, trades)
+        bench_contended(url, client, trades)
+        bench_runner(url, client, trades)
+        bench_latency(url, client, args.rate, args.seconds)
+        bench_memory(url, client)
+        client.flushdb()
+
+
+if __name__ == "__main__":
+    main()
