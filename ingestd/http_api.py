@@ -363,7 +363,7 @@ async def serve_http(
     async with trio.open_nursery() as nursery:
         if isinstance(health, HealthCheck):
             nursery.start_soon(_sample_forever, health, 1.0)
-        binds = await nursery.start(partial(serve, app, config, mode="asgi"))
+        binds = await nursery.start(partial(serve, app, config))  # an async __call__: detected as ASGI
         bound = int(binds[0].rsplit(":", 1)[1]) if binds else port
         log.info("HTTP endpoints up", extra={"url": f"http://{_bind(host, bound)}",
                                              "endpoints": ",".join(sorted(r for r in app.routes if r != "/"))})

@@ -189,7 +189,7 @@ async def webhook_receiver():
     config.bind = ["127.0.0.1:0"]
     config.errorlog = None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hyper_serve, app, config, mode="asgi"))
+        binds = await nursery.start(partial(hyper_serve, app, config))
         yield binds[0] + "/hook", received
         nursery.cancel_scope.cancel()
 
