@@ -622,10 +622,19 @@ async def run_alerts(
             nursery.start_soon(_deliver_all, receive, webhook_url, webhook_timeout_s, webhook_attempts,
                                webhook_retry_base_s)
         task_status.started()
+        failing = False
         while True:
-            snapshot = stats.snapshot()
-            snapshot["process"] = sample()
-            transitions = engine.evaluate(snapshot, clock())
+            try:
+                snapshot = stats.snapshot()
+                snapshot["process"] = sample()
+                transitions = engine.evaluate(snapshot, clock())
+            except Exception:  # a bug here must not take ingestion down with it
+                if not failing:
+                    log.exception("alert evaluation failed; retrying every interval (logged once)")
+                failing = True
+                await trio.sleep(interval_s)
+                continue
+            failing = False
             for t in transitions:
                 log_transition(t)
             if webhook_url:
@@ -650,14 +659,12 @@ async def _deliver_all(receive: trio.MemoryReceiveChannel[Transition], url: str,
 async def post_transition(client, url: str, t: Transition, *, attempts: int = 4, retry_base_s: float = 1.0) -> bool:
     """POST one transition, retrying transport errors, 408, 429 and 5xx with capped, jittered backoff.
     Returns whether the webhook took it; failures are logged, never raised."""
-    import httpx
-
     backoff = Backoff(retry_base_s, max(retry_base_s, 30.0))
     problem = ""
     for attempt in range(1, max(1, attempts) + 1):
         try:
             resp = await client.post(url, json=t.as_payload())
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # transport errors, and a malformed URL (httpx.InvalidURL is no HTTPError)
             problem = f"{type(exc).__name__}: {exc}"
         else:
             if 200 <= resp.status_code < 300:

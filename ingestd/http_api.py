@@ -322,8 +322,14 @@ def _bind(host: str, port: int) -> str:
 
 
 async def _sample_forever(health: HealthCheck, interval_s: float) -> None:
+    logged = False
     while True:
-        health.sample()
+        try:
+            health.sample()
+        except Exception:  # never let the health sampler take the daemon down
+            if not logged:
+                log.exception("health sampling failed (logged once)")
+                logged = True
         await trio.sleep(interval_s)
 
 

@@ -345,3 +345,30 @@ async def test_run_alerts_publishes_on_the_registry_and_survives_a_dead_webhook(
         nursery.cancel_scope.cancel()
     firing_logs = [r for r in caplog.records if r.getMessage().startswith("alert WebSocketDown firing")]
     assert len(firing_logs) == 1  # logged once, not at every evaluation
+
+
+@pytest.mark.trio
+async def test_a_failing_evaluation_is_logged_once_and_does_not_end_the_task(caplog):
+    stats = StatsRegistry("binance")
+    calls = []
+
+    def broken_sample():
+        calls.append(1)
+        raise OSError("no /proc here")
+
+    engine = AlertEngine("binance")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_alerts(stats, engine, interval_s=0.01, sample=broken_sample,
+                                                           task_status=task_status))
+        with trio.fail_after(5):
+            while len(calls) < 5:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert sum("alert evaluation failed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.trio
+async def test_a_malformed_webhook_url_is_logged_not_raised(caplog):
+    async with httpx.AsyncClient() as client:
+        assert not await post_transition(client, "http://bad host:99999/", _t("error"), attempts=2, retry_base_s=0.01)
+    assert any("alert webhook failed" in r.getMessage() for r in caplog.records)
