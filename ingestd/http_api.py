@@ -23,7 +23,8 @@ Shapes (the stream-ingest service's, adapted to several sinks):
     GET /alerts  {"active": [...], "history": [...]}   (when an alert engine is given)
 
 A sink is "connected" unless its writes are failing: "retrying" from the first failed write with no
-successful one since, "failing" once that lasts `sink_fail_s`. Unhealthy (503) means: no WebSocket
+successful one since, "failing" once that lasts `sink_fail_s`; otherwise "spooling" or "replaying"
+while its runner diverts batches to, or replays them from, the disk spool (gauge sink.<s>.state). Unhealthy (503) means: no WebSocket
 connection up (for a feed that has connections), no feed running yet (starting), or a sink "failing".
 """
 
@@ -46,6 +47,7 @@ HealthFn = Callable[[], "tuple[bool, dict[str, Any]]"]
 PairsFn = Callable[[], Sequence[str]]
 
 PAIRS_SAMPLE = 10
+_RUNNER_STATES = {0: "connected", 1: "spooling", 2: "replaying"}
 
 
 # --- bodies --------------------------------------------------------------------------------------
@@ -175,19 +177,21 @@ class HealthCheck:
             self._sinks[name] = (errors, batches, since)
         return snapshot
 
-    def sink_states(self) -> dict[str, str]:
+    def sink_states(self, snapshot: dict | None = None) -> dict[str, str]:
         now = self.clock()
+        gauges = (snapshot or {}).get("gauges", {})
         out = {}
         for name, (_, _, since) in sorted(self._sinks.items()):
-            if since is None:
-                out[name] = "connected"
-            else:
+            if since is not None:
                 out[name] = "failing" if now - since >= self.sink_fail_s else "retrying"
+            else:
+                # the runner's state gauge (0 live, 1 spooling, 2 replaying), when it has a spool
+                out[name] = _RUNNER_STATES.get(gauges.get(f"sink.{name}.state", 0), "connected")
         return out
 
     def __call__(self) -> tuple[bool, dict[str, Any]]:
         snapshot = self.sample()
-        sinks = self.sink_states()
+        sinks = self.sink_states(snapshot)
         up, planned = connection_counts(snapshot)
         reasons = []
         if planned and not up:

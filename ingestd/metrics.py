@@ -51,6 +51,7 @@ Metric names (the seeds' names first, where their meaning carries over)
     <venue>.rest.used_weight_1m           ingestd_rest_used_weight                             venue
     spool.<s>.bytes                       ingestd_spool_bytes                                  sink
     spool.<s>.fill_ratio                  ingestd_spool_fill_ratio (0..1)                      sink
+    sink.<s>.state                        ingestd_sink_state (0 live, 1 spooling, 2 replaying) sink
     any other gauge                       ingestd_gauge  (name = the registry key)             name
     connections[].state                   ingestd_websocket_connections (count per state;      venue, state
                                           every state is always present, 0 included)
@@ -439,6 +440,9 @@ class IngestdCollector(Collector):
                     spec, labels = _FEED_GAUGES[fld], {"venue": who}
                 elif kind == "spool" and fld in _SPOOL_GAUGES:
                     spec, labels = _SPOOL_GAUGES[fld], {"sink": who}
+                elif kind == "sink" and fld == "state":
+                    spec, labels = ("ingestd_sink_state", "Sink runner state: 0 live, 1 spooling, 2 replaying"), {
+                        "sink": who}
             if spec is None:
                 out.gauge("ingestd_gauge", "Other registry gauges", {"name": key}, value)
             else:

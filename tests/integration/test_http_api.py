@@ -280,6 +280,8 @@ def test_health_check_follows_sink_failures_with_a_grace_period():
     stats.counters["sink.pg.batches"] = 6  # a write went through
     now[0] = 132
     assert check() == (True, {"status": "healthy", "sinks": {"pg": "connected"}, "websocket_connections": 1})
+    stats.gauges["sink.pg.state"] = 1  # the runner diverts batches to its disk spool
+    assert check() == (True, {"status": "healthy", "sinks": {"pg": "spooling"}, "websocket_connections": 1})
 
 
 def test_stats_body_error_rate_counts_failed_attempts():

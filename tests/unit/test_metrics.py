@@ -59,6 +59,7 @@ def busy_registry() -> StatsRegistry:
     s.set_gauge("spool.pg.bytes", 4096)
     s.set_gauge("spool.pg.fill_ratio", 0.25)
     s.set_gauge("odd_gauge", 3)
+    s.set_gauge("sink.pg.state", 1)
     up = s.connection("binance/0#1")
     up.state, up.streams, up.last_message_us = "up", 40, 1_800_000_000_000_000
     s.connection("binance/1#2").state = "backoff"
@@ -127,6 +128,7 @@ def test_gauges_connections_queues():
     assert value(fams["ingestd_spool_bytes"], sink="pg") == 4096
     assert value(fams["ingestd_spool_fill_ratio"], sink="pg") == 0.25
     assert value(fams["ingestd_gauge"], name="odd_gauge") == 3
+    assert value(fams["ingestd_sink_state"], sink="pg") == 1
     conns = fams["ingestd_websocket_connections"]
     assert {s.labels["state"]: s.value for s in conns.samples} == {
         "new": 0, "connecting": 0, "up": 1, "backoff": 1, "closed": 0}
