@@ -111,16 +111,16 @@ def encode_batch(batch: Sequence[Record]) -> bytes:
     return _encode([(kind, list(run)) for kind, run in itertools.groupby(batch, _kind_of)])
 
 
-_decoders: dict[str, msgspec.msgpack.Decoder] = {}
+_decoders: dict[type, msgspec.msgpack.Decoder] = {}
 
 
 def _decoder(kind: str) -> msgspec.msgpack.Decoder:
-    dec = _decoders.get(kind)
+    cls = RECORD_TYPES.get(kind)  # looked up at every read: a kind added to the model just works
+    if cls is None:
+        raise SpoolError(f"spooled record kind {kind!r} is unknown to this ingestd (written by a newer one?)")
+    dec = _decoders.get(cls)
     if dec is None:
-        cls = RECORD_TYPES.get(kind)  # looked up when read: a kind added to the model just works
-        if cls is None:
-            raise SpoolError(f"spooled record kind {kind!r} is unknown to this ingestd (written by a newer one?)")
-        dec = _decoders[kind] = msgspec.msgpack.Decoder(list[cls])  # type: ignore[valid-type]
+        dec = _decoders[cls] = msgspec.msgpack.Decoder(list[cls])  # type: ignore[valid-type]
     return dec
 
 
