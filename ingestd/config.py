@@ -370,6 +370,63 @@ class DaemonConfig(Section):
         8099, Integer(0, 65535), "port of /health, /stats, /metrics; 0 turns the HTTP server off", env="HEALTH_PORT"
     )
     http_host: str | Secret = option("127.0.0.1", Text(), "address the HTTP server binds; 0.0.0.0 exposes it")
+    health_sink_fail_s: float = option(
+        30.0, Number(1, 86400), "/health turns 503 when a sink has been failing this long"
+    )
+    stats_socket: str | Secret = option(
+        "", Text("a path", r".*"), "the stats socket; empty: <runtime_dir>/<instance>/stats.sock ($RUNTIME_DIRECTORY)"
+    )
+
+
+# --- [alerts] ----------------------------------------------------------------------------------
+
+
+_RULE_NAME = Text("an alert rule name", r"[A-Za-z]+", accepts_secret=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertsConfig(Section):
+    """The alert engine (ingestd.alerts): rules from the runbooks, each raised and resolved once."""
+
+    enabled: bool = option(True, Boolean(), "evaluate alert rules")
+    interval_s: float = option(5.0, Number(0.5, 3600), "how often rules are evaluated")
+    webhook_url: str | Secret | None = option(
+        None, Url("http", "https"), "POST each raise/resolve here as JSON (optional)", env="ALERT_WEBHOOK_URL"
+    )
+    min_severity: str = option(
+        "warning", Choice("info", "warning", "error", "critical"), "least severe alert sent to the webhook",
+        env="ALERT_MIN_SEVERITY",
+    )
+    webhook_timeout_s: float = option(5.0, Number(0.1, 120), "one webhook POST gives up after this long")
+    webhook_attempts: int = option(4, Integer(1, 20), "POST attempts per transition (with backoff)")
+    disabled: tuple[str, ...] = option((), ListOf(_RULE_NAME, "rule names"), "rules not to evaluate")
+    ws_down_for_s: float = option(60.0, Number(1, 86400), "WebSocketDown: no connection up for this long")
+    no_data_s: float = option(300.0, Number(1, 86400), "NoDataReceived: no event for this long")
+    no_data_written_s: float = option(300.0, Number(1, 86400), "NoDataWritten: a sink stored nothing this long")
+    write_errors_window_s: float = option(60.0, Number(1, 86400), "SinkWriteErrors: errors within this window")
+    error_rate: float = option(0.01, Number(0, 1), "HighErrorRate: bad frames / messages above this")
+    error_rate_window_s: float = option(300.0, Number(1, 86400), "HighErrorRate: measured over this window")
+    error_rate_min_messages: int = option(100, Integer(1, 1 << 40), "HighErrorRate: needs this many messages")
+    error_rate_for_s: float = option(60.0, Number(0, 86400), "HighErrorRate: sustained this long")
+    memory_ratio: float = option(0.8, Number(0.01, 1), "MemoryHigh: share of the memory limit")
+    memory_for_s: float = option(60.0, Number(0, 86400), "MemoryHigh: sustained this long")
+    memory_limit_bytes: int = option(0, Integer(0, 1 << 50), "MemoryHigh: limit; 0 = the cgroup's (skip if none)")
+    lag_p99_ms: float = option(1000.0, Number(1, 3_600_000), "HighLag: receive lag p99 above this")
+    lag_for_s: float = option(300.0, Number(0, 86400), "HighLag: sustained this long")
+    spool_fill_ratio: float = option(0.8, Number(0.01, 1), "SpoolFilling: share of spool_max_bytes")
+    cpu_ratio: float = option(0.9, Number(0.01, 64), "CpuHigh: share of one core")
+    cpu_window_s: float = option(60.0, Number(1, 86400), "CpuHigh: measured over this window")
+    cpu_for_s: float = option(300.0, Number(0, 86400), "CpuHigh: sustained this long")
+    clear_for_s: float = option(30.0, Number(0, 86400), "a firing alert resolves after staying clear this long")
+    clear_ratio: float = option(0.9, Number(0.01, 1), "threshold rules clear below threshold x this")
+
+    def rule_settings(self) -> dict:
+        """The rule thresholds, keyed as ingestd.alerts.AlertConfig expects."""
+        general = {"enabled", "interval_s", "webhook_url", "min_severity", "webhook_timeout_s", "webhook_attempts"}
+        values = {k: getattr(self, k) for k in options_of(type(self)) if k not in general}
+        if not values["memory_limit_bytes"]:
+            values["memory_limit_bytes"] = None
+        return values
 
 
 # --- [sinks.<name>] ----------------------------------------------------------------------------
@@ -517,6 +574,10 @@ class FeedConfig(Section):
         None, Shard(), 'this process takes part i of N of the symbols ("i/N"); usually set by the instance name'
     )
     shards: int = option(1, Integer(1, 256), "N for instances named FAMILY-i (ingestd@binance-2 is shard 2 of N)")
+    http_port: int | None = option(
+        None, Integer(0, 65535),
+        "this family's HTTP port (instances on one host need distinct ports); shard i uses http_port + i - 1",
+    )
 
     @classmethod
     def cross_check(cls, values: Mapping[str, Any], context: _Context) -> Iterator[tuple[str, str]]:
@@ -627,8 +688,9 @@ class Config:
     sinks: dict[str, SinkConfig]
     feeds: dict[str, FeedConfig]
     source: str
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("daemon", "sinks", "feeds")
+    SECTIONS: ClassVar[tuple[str, ...]] = ("daemon", "alerts", "sinks", "feeds")
 
     def feed_for_instance(self, instance: str) -> tuple[str, FeedConfig]:
         """Map a systemd instance name to its feed: "binance" -> the [feeds.binance] config;
@@ -684,11 +746,12 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     declared = raw_sinks.keys() if isinstance(raw_sinks, dict) and raw_sinks else {IMPLICIT_SINK}
     context = _Context(environ=environ, sink_names=frozenset(declared))
     daemon = _load_section(DaemonConfig, document.get("daemon", {}), "daemon", problems, context)
+    alerts = _load_section(AlertsConfig, document.get("alerts", {}), "alerts", problems, context)
     sinks = _load_sinks(raw_sinks, problems, context)
     feeds = _load_feeds(document.get("feeds"), problems, context)
     if problems:
         raise ConfigError(problems, source)
-    return Config(daemon=daemon, sinks=sinks, feeds=feeds, source=source)
+    return Config(daemon=daemon, sinks=sinks, feeds=feeds, source=source, alerts=alerts)
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:

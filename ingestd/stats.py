@@ -172,6 +172,9 @@ class StatsRegistry:
     last_event_us: dict[tuple[str, str], int] = field(default_factory=dict)
     lag: WindowedHistogram = field(default_factory=WindowedHistogram)  # receive - exchange
     stored_latency: WindowedHistogram = field(default_factory=WindowedHistogram)  # stored - exchange
+    # Current and recently resolved alerts, in the shape the stats socket and console show; written
+    # by the alert engine's task (ingestd.alerts.run_alerts).
+    alerts: list[dict] = field(default_factory=list)
     _queues: dict[str, Callable[[], tuple[int, int]]] = field(default_factory=dict)
     _heartbeats: dict[str, float] = field(default_factory=dict)
 
@@ -223,4 +226,5 @@ class StatsRegistry:
             "stored_latency": self.stored_latency.summary(),
             "queues": self.queue_depths(),
             "heartbeat_age_s": self.heartbeat_ages(),
+            "alerts": list(self.alerts),
         }

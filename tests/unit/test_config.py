@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingestd.config import (
+    AlertsConfig,
     FEED_FAMILIES,
     SINK_TYPES,
     BinanceFeedConfig,
@@ -57,13 +58,15 @@ def test_shipped_config_documents_every_key_with_its_default():
     # The file is the reference documentation: a key added to the schema must appear there,
     # and the values it shows must be the real defaults (symbols is the one deliberate example).
     text = SHIPPED.read_text()
-    sections = [DaemonConfig, SqliteSinkConfig, PostgresSinkConfig, RedisSinkConfig, KafkaSinkConfig, BinanceFeedConfig]
+    sections = [DaemonConfig, AlertsConfig, SqliteSinkConfig, PostgresSinkConfig, RedisSinkConfig, KafkaSinkConfig,
+                BinanceFeedConfig]
     for cls in sections:
         for key in options_of(cls):
             assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), f"{cls.__name__}.{key} missing from {SHIPPED}"
     config = load_config(SHIPPED, environ={})
     shipped = {
         DaemonConfig: config.daemon,
+        AlertsConfig: config.alerts,
         SqliteSinkConfig: config.sinks["local"],
         BinanceFeedConfig: config.feeds["binance"],
     }
