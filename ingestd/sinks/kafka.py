@@ -113,7 +113,13 @@ from typing import Any, Callable, Hashable, Sequence
 import msgspec
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.partitioner import Partitioner, murmur2
 
 from ingestd.model import BookTop, Checkpoint, Record, Trade
@@ -148,6 +154,13 @@ _LINGER_MS = 5
 # Refused records: the first few of a batch are logged one by one, the rest as a count.
 _REFUSALS_LOGGED_PER_BATCH = 3
 _WARNING_INTERVAL_S = 10.0
+# Broker verdicts about one record that no retry can change. kafka-python splits a batch that is too
+# large down to single records, and maps KIP-467 record errors to the records at fault, so these
+# reach only the offending record's future.
+_PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+# Natural keys of records the broker rejected for good, so a retried batch skips them client-side
+# (their neighbours in the broker's batch fail with them and must be able to go through).
+_REJECTED_REMEMBERED = 10_000
 
 
 # --- message shapes ----------------------------------------------------------------------------
@@ -360,6 +373,7 @@ class KafkaSink(Sink):
         self._window = DeliveredWindow(dedup_window)
         self._checkpoints: dict[tuple[str, str], int] = {}  # stored on the broker, highest per market
         self._next_beyond_warning = float("-inf")
+        self._rejected: dict[tuple, None] = {}  # (kind, venue, symbol, id), oldest first, bounded
 
     def topic_for(self, kind: str) -> str:
         return getattr(self.cfg, ROUTES[kind].topic_option)
@@ -405,7 +419,7 @@ class KafkaSink(Sink):
         deadline = time.monotonic() + self.delivery_timeout_s
         window = self._window
         send = producer.send
-        pending: list[tuple[Any, _Market, Hashable]] = []
+        pending: list[tuple[Any, _Market, Hashable, Any]] = []
         in_flight: set[tuple[int, Hashable]] = set()  # (id(market), natural id) sent by this call
         checkpoints: dict[tuple[str, str], int] = {}
         topics = {kind: self.topic_for(kind) for kind in ROUTES}
@@ -429,6 +443,9 @@ class KafkaSink(Sink):
             if natural_id in market.ids or (id(market), natural_id) in in_flight:
                 duplicates += 1
                 continue
+            if self._rejected and (kind, record.venue, record.symbol, natural_id) in self._rejected:
+                refusals.append(_describe(record, "the broker rejected it for good before"))
+                continue
             if market.key is None:
                 refusals.append(_describe(record, "venue:symbol is not valid Unicode"))
                 continue
@@ -451,10 +468,10 @@ class KafkaSink(Sink):
             except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
                 self._discard_producer()
                 raise SinkError(f"{self.name}: send to {topics[kind]} failed: {exc!r}") from exc
-            pending.append((future, market, natural_id))
+            pending.append((future, market, natural_id, record))
             in_flight.add((id(market), natural_id))
 
-        acked, failures, first_error = self._settle(producer, pending, deadline)
+        acked, failures, first_error = self._settle(producer, pending, deadline, refusals)
         stats = self._stats
         if stats is not None:
             stats.incr(self._rows_written, acked)
@@ -478,8 +495,9 @@ class KafkaSink(Sink):
         if stats is not None:
             stats.incr(self._batches)
 
-    def _settle(self, producer, pending, deadline) -> tuple[int, int, BaseException | None]:
-        """Flush, then sort every future into acknowledged (remembered in the window) or failed."""
+    def _settle(self, producer, pending, deadline, refusals: list[str]) -> tuple[int, int, BaseException | None]:
+        """Flush, then sort every future into acknowledged (remembered in the window), rejected for
+        good by the broker (refused, remembered so a retry skips it) or failed."""
         if pending:
             try:
                 producer.flush(timeout=max(0.05, deadline - time.monotonic()))
@@ -488,10 +506,13 @@ class KafkaSink(Sink):
         add = self._window.add
         acked = failures = 0
         first_error: BaseException | None = None
-        for future, market, natural_id in pending:
+        for future, market, natural_id, record in pending:
             if future.is_done and future.succeeded():
                 add(market, natural_id)
                 acked += 1
+            elif future.is_done and isinstance(future.exception, _PERMANENT_RECORD_ERRORS):
+                refusals.append(_describe(record, f"rejected by the broker: {future.exception!r}"))
+                self._remember_rejected((record.KIND, record.venue, record.symbol, natural_id))
             else:
                 failures += 1
                 if first_error is None:
@@ -528,6 +549,12 @@ class KafkaSink(Sink):
             self._discard_producer()
             error = failed[0].exception if failed[0].is_done else "timed out"
             raise SinkError(f"{self.name}: {len(failed)} checkpoints not acknowledged (the data is stored): {error!r}")
+
+    def _remember_rejected(self, key: tuple) -> None:
+        rejected = self._rejected
+        rejected[key] = None
+        if len(rejected) > _REJECTED_REMEMBERED:
+            del rejected[next(iter(rejected))]
 
     def _log_refusals(self, refusals: list[str]) -> None:
         for text in refusals[:_REFUSALS_LOGGED_PER_BATCH]:

@@ -339,6 +339,32 @@ def test_records_that_cannot_be_messages_are_refused_and_logged_the_rest_is_writ
     assert sum(trade_ids(kafka_server, topics.trades).values()) == 2
 
 
+def test_a_record_the_broker_rejects_for_good_is_refused_and_does_not_block_its_batch(sink, kafka_server, topics,
+                                                                                      stats):
+    """Broker-side verdicts on one record (too large for the topic, failed validation) are final:
+    that record is refused and remembered, so the retry of its batch gets the neighbours through."""
+    from kafka.errors import InvalidRecordError, KafkaError
+    from kafka.future import Future
+
+    real_send = sink._producer.send
+
+    def send(topic, value=None, key=None):  # the broker's verdicts, as kafka-python reports them
+        if b"POISON" in key:
+            return Future().failure(InvalidRecordError("failed the topic's schema"))
+        if b"NEIGHBOUR" in key:
+            return Future().failure(KafkaError("part of a batch which had one or more invalid records"))
+        return real_send(topic, value=value, key=key)
+
+    sink._producer.send = send
+    batch = [trade(1, "A"), trade(2, "POISON"), trade(3, "NEIGHBOUR")]
+    with pytest.raises(SinkError):
+        sink.write(batch)
+    sink.write(batch)  # the pipeline's retry: a fresh producer; the poison record is skipped
+    assert trade_ids(kafka_server, topics.trades) == Counter({("A", 1): 1, ("NEIGHBOUR", 3): 1})
+    c = counters(stats)
+    assert c["records_refused"] == 2 and c["rows_written"] == 2 and c["duplicates_skipped"] == 1
+
+
 # --- outages -------------------------------------------------------------------------------------------
 
 
