@@ -69,7 +69,7 @@ record whose key it remembers (`sink.<name>.duplicates_skipped`; also within one
   broker is the truth: a failed write may have been stored anyway (a timeout after the broker
   appended it), and a broker may have lost data (a restarted Tansu loses everything).
 * Each acknowledged record is added as it is confirmed.
-* The window holds at most `dedup_window` keys (default 200,000, about 25 MB) across all markets;
+* The window holds at most `dedup_window` keys (default 200,000, about 21 MB) across all markets;
   the oldest-confirmed are forgotten first.
 
 Limits, stated plainly:
@@ -295,10 +295,11 @@ class DeliveredWindow:
             raise ValueError("the de-duplication window must hold at least one key")
         self.capacity = capacity
         self._markets: dict[tuple[str, str, str], _Market] = {}
-        self._order: deque[tuple[_Market, Hashable]] = deque()
+        # market, id, market, id, ... oldest first: flat, a tuple per entry would cost a quarter more
+        self._order: deque = deque()
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._order) // 2
 
     def market(self, kind: str, venue: str, symbol: str) -> _Market:
         ident = (kind, venue, symbol)
@@ -316,9 +317,11 @@ class DeliveredWindow:
             return
         market.ids.add(natural_id)
         order = self._order
-        order.append((market, natural_id))
-        while len(order) > self.capacity:
-            old_market, old_id = order.popleft()
+        order.append(market)
+        order.append(natural_id)
+        if len(order) > 2 * self.capacity:
+            old_market = order.popleft()
+            old_id = order.popleft()
             old_market.ids.discard(old_id)
             if type(old_id) is int:
                 old_market.raise_floor(old_id)
@@ -326,10 +329,6 @@ class DeliveredWindow:
     def contains(self, kind: str, venue: str, symbol: str, natural_id: Hashable) -> bool:
         m = self._markets.get((kind, venue, symbol))
         return m is not None and natural_id in m.ids
-
-    def clear(self) -> None:
-        self._markets.clear()
-        self._order.clear()
 
 
 # --- the sink ------------------------------------------------------------------------------------
@@ -382,9 +381,9 @@ class KafkaSink(Sink):
 
     def open(self) -> None:
         with self._lock:
-            self._opened = True
             if self._stale:
                 self._connect()
+            self._opened = True
         logger.info(
             "sink %s: connected to %s (compression=%s); remembering %d delivered records, %d checkpoints",
             self.name, ",".join(self.bootstrap_servers), self.compression or "none",
