@@ -9,14 +9,18 @@ batch stores nothing twice: rows already stored are skipped on the natural key, 
 batch is stored (see "Idempotency" below).
 
 Idempotency, and the fast path: `INSERT ... ON CONFLICT (key) DO NOTHING` costs ~3 µs a row on the
-server for its speculative insertion (bench/postgres_sink.py: 120k rows/s against 190k+ for a plain
-INSERT). Most batches hold only new rows, so the sink first tries the plain INSERT inside a
-savepoint; if any row is already stored (a retry, a spool replay, another writer) PostgreSQL raises
-unique_violation, the savepoint is rolled back (the COPY'd rows stay in the temp table) and the same
-rows go in with `ON CONFLICT DO NOTHING`. After such a batch the next one goes straight to
-ON CONFLICT, until a batch turns out to hold no duplicate at all; replays come in runs. The stored
-result is exactly that of ON CONFLICT DO NOTHING alone; `optimistic=False` turns the fast path off.
-(Each fallback leaves one "duplicate key" ERROR line in the server log.)
+server for its speculative insertion (bench/postgres_sink.py: ~95k rows/s against ~130k+ for a plain
+INSERT, batches of 5000). Most batches hold only new rows, so the sink first moves the rows with a
+plain INSERT; if any row is already stored (a retry, a spool replay, another writer, a duplicate
+inside the batch) PostgreSQL raises unique_violation, the whole transaction is rolled back and the
+batch is written again with `ON CONFLICT DO NOTHING`. Replays come in runs, so after such a batch the
+sink stays with ON CONFLICT until a batch turns out to hold no duplicate. What ends up stored is
+exactly what ON CONFLICT DO NOTHING alone stores; `optimistic=False` turns the fast path off. (Each
+fallback leaves one "duplicate key" ERROR line in the server log.)
+
+Round trips: beside a busy trio thread every wait on the server hands the GIL over and costs up to
+the 5 ms switch interval to get back, so a batch is BEGIN, one COPY per kind present (two round trips
+each), then the INSERTs, the checkpoint upsert and COMMIT in one pipeline (one round trip).
 
 Values PostgreSQL cannot hold: text with a NUL character, integers beyond bigint, times outside
 1970..9999, strings with lone surrogates. Checking every field of every record would cost more than
@@ -46,6 +50,7 @@ guards the connection so `resume_points` and the read helpers can run from anoth
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -173,7 +178,7 @@ class PostgresSink(Sink):
         # Day numbers known to have a partition, per natively partitioned table (none on TimescaleDB).
         self._partition_days: dict[str, set[int]] = {}
         self._optimistic_enabled = optimistic
-        self._optimistic = {TICKS.table: optimistic, BOOKS.table: optimistic}
+        self._optimistic = optimistic  # try the plain INSERT first (see the docstring)
         self._next_maintenance = float("-inf")
         self.mode: str | None = None  # "postgres" or "timescale" once open
         self.schema_version: int | None = None
@@ -362,10 +367,9 @@ class PostgresSink(Sink):
             )
 
     def _store(self, conn: psycopg.Connection, records: Sequence[Record]) -> tuple[int, int]:
-        """One transaction: COPY + INSERT the data rows, upsert the checkpoints, COMMIT.
+        """Store records in one transaction; returns (rows inserted, rows attempted).
 
-        Returns (rows inserted, rows attempted). Asset ids and partitions are made beforehand in
-        their own transactions."""
+        Asset ids and partitions are made beforehand, in their own transactions."""
         trades, books, checkpoints = _group_by_kind(records)
         if trades or books:
             self._register_assets(conn, {t.symbol for t in trades} | {b.symbol for b in books})
@@ -374,46 +378,67 @@ class PostgresSink(Sink):
         if books:
             self._ensure_partitions(conn, BOOKS.table, {b.ts_us // US_PER_DAY for b in books})
         asset_id = self._asset_ids.__getitem__
-        inserted = 0
-        with conn.cursor() as cur:
-            if trades:
-                rows = [
-                    (t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol))
-                    for t in trades
-                ]
-                inserted += self._copy_insert(conn, cur, TICKS, rows)
-            if books:
-                rows = [
-                    (
-                        b.venue, b.symbol, b.update_id, b.ts_us, b.recv_us, b.bid_px, b.bid_sz, b.ask_px, b.ask_sz,
-                        b.spread_bps, _encode_json(b.bids).decode(), _encode_json(b.asks).decode(), asset_id(b.symbol),
-                    )
-                    for b in books
-                ]
-                inserted += self._copy_insert(conn, cur, BOOKS, rows)
-            if checkpoints:
-                cur.execute(_UPSERT_CHECKPOINTS, _checkpoint_arrays(checkpoints))
-        conn.commit()
-        return inserted, len(trades) + len(books)
-
-    def _copy_insert(self, conn: psycopg.Connection, cur: psycopg.Cursor, table: _Table, rows: list[tuple]) -> int:
-        with cur.copy(table.copy) as copy:
-            copy.set_types(table.types)
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-        if self._optimistic[table.table]:
+        tick_rows = [
+            (t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol))
+            for t in trades
+        ]
+        book_rows = [
+            (
+                b.venue, b.symbol, b.update_id, b.ts_us, b.recv_us, b.bid_px, b.bid_sz, b.ask_px, b.ask_sz,
+                b.spread_bps, _encode_json(b.bids).decode(), _encode_json(b.asks).decode(), asset_id(b.symbol),
+            )
+            for b in books
+        ]
+        cp_arrays = _checkpoint_arrays(checkpoints) if checkpoints else None
+        attempted = len(tick_rows) + len(book_rows)
+        if self._optimistic:
             try:
-                with conn.transaction():  # a savepoint; the COPY'd rows survive its rollback
-                    cur.execute(table.insert)
-                return cur.rowcount
+                return self._transaction(conn, tick_rows, book_rows, cp_arrays, optimistic=True), attempted
             except pg_errors.UniqueViolation:
-                self._optimistic[table.table] = False  # duplicates come in runs (replays): skip the try
-        cur.execute(table.insert_on_conflict)
-        inserted = cur.rowcount
-        if inserted == len(rows) and self._optimistic_enabled:
-            self._optimistic[table.table] = True
-        return inserted
+                # Some row is stored already (a retry, a replay, another writer): the transaction is
+                # void, so do it again the slow way. Replays come in runs: stay on the slow way
+                # until a batch turns out to hold no duplicate.
+                _rollback_quietly(conn)
+                self._optimistic = False
+        inserted = self._transaction(conn, tick_rows, book_rows, cp_arrays, optimistic=False)
+        if inserted == attempted and self._optimistic_enabled:
+            self._optimistic = True
+        return inserted, attempted
+
+    def _transaction(
+        self, conn: psycopg.Connection, tick_rows: list[tuple], book_rows: list[tuple], cp_arrays: tuple | None,
+        *, optimistic: bool,
+    ) -> int:
+        """BEGIN, COPY into the temp tables, INSERT ... SELECT, upsert checkpoints, COMMIT; rows inserted.
+
+        Round trips are what a batch costs beside a busy trio thread (each wait hands the GIL over),
+        so everything after the COPYs goes in one pipeline: BEGIN, one or two COPYs (two round
+        trips each), then INSERTs + upsert + COMMIT together."""
+        with conn.cursor() as cur:
+            for table, rows in ((TICKS, tick_rows), (BOOKS, book_rows)):
+                if rows:
+                    with cur.copy(table.copy) as copy:
+                        copy.set_types(table.types)
+                        write_row = copy.write_row
+                        for row in rows:
+                            write_row(row)
+        statements: list[tuple[str, Any]] = []
+        for table, rows in ((TICKS, tick_rows), (BOOKS, book_rows)):
+            if rows:
+                statements.append((table.insert if optimistic else table.insert_on_conflict, None))
+        inserting = len(statements)
+        if cp_arrays is not None:
+            statements.append((_UPSERT_CHECKPOINTS, cp_arrays))
+        cursors = [conn.cursor() for _ in statements]
+        try:
+            with _pipeline(conn):
+                for cur, (query, params) in zip(cursors, statements):
+                    cur.execute(query, params)
+                conn.commit()
+            return sum(cur.rowcount for cur in cursors[:inserting])
+        finally:
+            for cur in cursors:
+                cur.close()
 
     def _register_assets(self, conn: psycopg.Connection, symbols: set[str]) -> None:
         """Give every new symbol an `assets` row, in its own committed transaction (see the docstring)."""
@@ -580,6 +605,11 @@ def _checkpoint_arrays(checkpoints: list[Checkpoint]) -> tuple[list[str], list[s
     venues = [venue for venue, _ in highest]
     symbols = [symbol for _, symbol in highest]
     return venues, symbols, list(highest.values())
+
+
+def _pipeline(conn: psycopg.Connection):
+    """conn.pipeline() where libpq supports it (>= 14, as bundled with psycopg[binary]), else nothing."""
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
 
 
 def _one_line(exc: BaseException) -> str:
