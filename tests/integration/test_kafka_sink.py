@@ -162,6 +162,26 @@ def test_partitions_match_the_java_default_partitioner(kafka_server, topics, sin
         assert m.partition == (murmur2(m.key) & 0x7FFFFFFF) % 3
 
 
+def test_the_fast_and_the_plain_send_path_deliver_the_same(kafka_server, monkeypatch):
+    """The default path goes straight to kafka-python's accumulator; it must match KafkaProducer.send,
+    and it must still be the one in use (a kafka-python upgrade that moved internals falls back)."""
+    from ingestd.sinks import kafka as kafka_module
+
+    delivered = {}
+    for fast in (True, False):
+        monkeypatch.setattr(kafka_module, "USE_FAST_SEND", fast)
+        topics = Topics(kafka_server, partitions=3)
+        sink = make_sink(kafka_server, topics)
+        sink.open()
+        try:
+            assert sink._send.__qualname__.startswith("_fast_send" if fast else "_plain_send")
+            sink.write([trade(i, f"S{i % 7}") for i in range(300)] + [book(1, "S1")])
+        finally:
+            sink.close()
+        delivered[fast] = [(m.partition, m.key, m.value) for m in kafka_server.read_all(topics.trades)]
+    assert len(delivered[True]) == 300 and delivered[True] == delivered[False]
+
+
 # --- duplicates --------------------------------------------------------------------------------------
 
 
@@ -346,16 +366,16 @@ def test_a_record_the_broker_rejects_for_good_is_refused_and_does_not_block_its_
     from kafka.errors import InvalidRecordError, KafkaError
     from kafka.future import Future
 
-    real_send = sink._producer.send
+    real_send = sink._send
 
-    def send(topic, value=None, key=None):  # the broker's verdicts, as kafka-python reports them
+    def send(topic, value, key, timestamp_ms):  # the broker's verdicts, as kafka-python reports them
         if b"POISON" in key:
             return Future().failure(InvalidRecordError("failed the topic's schema"))
         if b"NEIGHBOUR" in key:
             return Future().failure(KafkaError("part of a batch which had one or more invalid records"))
-        return real_send(topic, value=value, key=key)
+        return real_send(topic, value, key, timestamp_ms)
 
-    sink._producer.send = send
+    sink._send = send
     batch = [trade(1, "A"), trade(2, "POISON"), trade(3, "NEIGHBOUR")]
     with pytest.raises(SinkError):
         sink.write(batch)
