@@ -20,7 +20,8 @@ XLEN/XRANGE that every record is in its stream, exactly once.
    the SinkRunner, for linger 5 ms and the daemon's default 50 ms.
 6. Memory: bytes per id remembered above a floor (the cost of an open hole).
 
-Figures are printed, never judged: compare them on the same machine.
+Figures are printed, never judged: compare them on the same machine. Records/s swing with whatever
+else the machine runs; the CPU per record (redis-server's and the client thread's) barely does.
 """
 
 from __future__ import annotations
@@ -88,6 +89,28 @@ def timed(sink: RedisStreamsSink, batches: list[list[Record]]) -> float:
     return time.perf_counter() - start
 
 
+class Cpu:
+    """CPU seconds spent by redis-server (INFO cpu) and by this thread, over a block: unlike
+    records/s, these barely move when other processes load the machine."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def _server(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def __enter__(self) -> "Cpu":
+        self._s0, self._c0 = self._server(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server, self.thread = self._server() - self._s0, time.thread_time() - self._c0
+
+    def per(self, n: int) -> str:
+        return f"CPU per record: redis {self.server / n * 1e6:.1f} µs, client {self.thread / n * 1e6:.1f} µs"
+
+
 def new_sink(url: str, stats: StatsRegistry | None = None, **cfg: Any) -> RedisStreamsSink:
     cfg.setdefault("stream_maxlen", 1 << 40)  # keep everything, so XLEN can prove it
     sink = RedisStreamsSink("bench", RedisSinkConfig(name="bench", type="redis", url=url, **cfg), stats=stats)
@@ -107,17 +130,19 @@ def check_stored(client: redis.Redis, n_per_symbol: int, prefix: str = "trades:"
 def bench_baseline(client: redis.Redis, trades: list[Trade]) -> None:
     client.flushdb()
     start = time.perf_counter()
-    for k in range(0, len(trades), 5000):
-        pipe = client.pipeline(transaction=False)
-        for t in trades[k : k + 5000]:
-            pipe.xadd(f"trades:{t.symbol}", {"exchange": t.venue, "pair": t.symbol, "price": str(t.price),
-                                             "qty": str(t.qty), "ts": str(t.ts_us), "side": t.side,
-                                             "trade_id": str(t.trade_id)},
-                      maxlen=1 << 40, approximate=True)
-        pipe.execute()
+    with Cpu(client) as cpu:
+        for k in range(0, len(trades), 5000):
+            pipe = client.pipeline(transaction=False)
+            for t in trades[k : k + 5000]:
+                pipe.xadd(f"trades:{t.symbol}", {"exchange": t.venue, "pair": t.symbol, "price": str(t.price),
+                                                 "qty": str(t.qty), "ts": str(t.ts_us), "side": t.side,
+                                                 "trade_id": str(t.trade_id)},
+                          maxlen=1 << 40, approximate=True)
+            pipe.execute()
     seconds = time.perf_counter() - start
     check_stored(client, len(trades) // 20)
-    print(f"0. baseline, redis-py pipelined XADD MAXLEN ~, no de-duplication, batch 5,000: {len(trades) / seconds:>9,.0f}/s")
+    print(f"0. baseline, redis-py pipelined XADD MAXLEN ~, no de-duplication, batch 5,000: {len(trades) / seconds:>9,.0f}/s"
+          f" ({cpu.per(len(trades))})")
 
 
 def bench_alone(url: str, client: redis.Redis, trades: list[Trade]) -> None:
@@ -130,8 +155,10 @@ def bench_alone(url: str, client: redis.Redis, trades: list[Trade]) -> None:
         sink = new_sink(url, stats)
         try:
             batches = batches_of(trades, size)
-            new = timed(sink, batches)
-            again = timed(sink, batches)
+            with Cpu(client) as cpu_new:
+                new = timed(sink, batches)
+            with Cpu(client) as cpu_again:
+                again = timed(sink, batches)
             book_s = timed(sink, batches_of(books, size, checkpoints=False))
         finally:
             sink.close()
@@ -141,6 +168,7 @@ def bench_alone(url: str, client: redis.Redis, trades: list[Trade]) -> None:
         assert c["sink.bench.rows_written"] == n + len(books) and c["sink.bench.duplicates_skipped"] == n
         print(f"   batch {size:>5,}: {n / new:>9,.0f} trades/s stored, {n / again:>9,.0f}/s replayed (all duplicates),"
               f" {len(books) / book_s:>8,.0f} book tops/s")
+        print(f"      stored: {cpu_new.per(n)}; replayed: {cpu_again.per(n)}")
 
 
 def bench_late(url: str, client: redis.Redis, trades: list[Trade]) -> None:
@@ -150,15 +178,18 @@ def bench_late(url: str, client: redis.Redis, trades: list[Trade]) -> None:
     sink = new_sink(url)
     try:
         sink.write([Checkpoint("binance", s, 0) for s in SYMBOLS])  # floors known: 0
-        ahead = timed(sink, batches_of(trades[half:], 5000, checkpoints=False))
+        with Cpu(client) as cpu_ahead:
+            ahead = timed(sink, batches_of(trades[half:], 5000, checkpoints=False))
         remembered = sum(client.zcard(above_key(f"trades:{s}", "binance", s)) for s in SYMBOLS)
-        backfill = timed(sink, batches_of(trades[:half], 5000))
+        with Cpu(client) as cpu_back:
+            backfill = timed(sink, batches_of(trades[:half], 5000))
     finally:
         sink.close()
     check_stored(client, n // 20)
     left = sum(client.exists(above_key(f"trades:{s}", "binance", s)) for s in SYMBOLS)
     print(f"2. late path, batch 5,000: {half / ahead:>9,.0f} trades/s stored ahead of a hole ({remembered:,} ids"
           f" remembered), {half / backfill:>9,.0f}/s backfilling it ({left} sets left afterwards)")
+    print(f"      ahead: {cpu_ahead.per(half)}; backfill: {cpu_back.per(half)}")
 
 
 class GilHog:
