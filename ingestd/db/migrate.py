@@ -98,13 +98,17 @@ def load_migrations() -> list[Migration]:
         found.append(
             Migration(version, f"{match['version']}_{match['name']}", match["mode"] or "any", entry.read_text("utf-8"))
         )
+    if not found:
+        # A wheel built without package data: pyproject.toml must list the SQL files, e.g.
+        # [tool.setuptools.package-data] "ingestd.db" = ["migrations/*.sql"].
+        raise MigrationError(f"no migration files in {directory}: this ingestd was packaged without its SQL files")
     found.sort(key=lambda m: (m.version, m.mode))
     by_version: dict[int, list[Migration]] = {}
     for m in found:
         by_version.setdefault(m.version, []).append(m)
     for expected, version in enumerate(sorted(by_version), start=1):
         if version != expected:
-            raise MigrationError(f"migration {expected:04d} is missing (found {version:04d})")
+            raise MigrationError(f"migration {expected:04d} is missing (found {version:04d} instead)")
         modes = sorted(m.mode for m in by_version[version])
         if modes not in (["any"], sorted(MODES)):
             raise MigrationError(

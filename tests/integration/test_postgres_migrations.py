@@ -240,3 +240,78 @@ def test_cli_migrate_usage_problems_exit_2(pg_database: Database, tmp_path: Path
     assert nothing.returncode == 2 and 'no [sinks.NAME] with type = "postgres"' in nothing.stderr
     no_command = run_cli("db")
     assert no_command.returncode == 2
+
+
+# --- the TimescaleDB variant, against a stand-in of its API ------------------------------------------
+# Debian ships no TimescaleDB, so the .timescale.sql file cannot run for real here. These stubs have
+# the signatures of TimescaleDB 2.x's documented functions and views and record their calls: the test
+# proves the file parses, resolves every call and argument name, and asks for the right hypertables,
+# policies and retention changes. It cannot prove what TimescaleDB itself then does.
+
+TIMESCALE_STUBS = """
+CREATE TABLE ts_calls (call text);
+CREATE TABLE ts_jobs (proc_name text, hypertable_schema name, hypertable_name name, config jsonb);
+CREATE FUNCTION create_hypertable(
+    relation regclass, time_column_name name, partitioning_column name DEFAULT NULL,
+    number_partitions integer DEFAULT NULL, associated_schema_name name DEFAULT NULL,
+    associated_table_prefix name DEFAULT NULL, chunk_time_interval anyelement DEFAULT NULL,
+    create_default_indexes boolean DEFAULT true, if_not_exists boolean DEFAULT false,
+    partitioning_func regproc DEFAULT NULL, migrate_data boolean DEFAULT false
+) RETURNS TABLE (hypertable_id integer, schema_name name, table_name name, created boolean)
+LANGUAGE sql AS $$
+    INSERT INTO ts_calls VALUES (format('create_hypertable %s %s %s', relation, time_column_name, chunk_time_interval));
+    SELECT 1, 'public'::name, relation::text::name, true;
+$$;
+CREATE FUNCTION add_compression_policy(hypertable regclass, compress_after anyelement DEFAULT NULL,
+                                       if_not_exists boolean DEFAULT false) RETURNS integer
+LANGUAGE sql AS $$ INSERT INTO ts_calls VALUES (format('add_compression_policy %s %s', hypertable, compress_after));
+                   SELECT 1 $$;
+CREATE FUNCTION add_retention_policy(relation regclass, drop_after anyelement DEFAULT NULL,
+                                     if_not_exists boolean DEFAULT false) RETURNS integer
+LANGUAGE sql AS $$
+    INSERT INTO ts_jobs VALUES ('policy_retention', 'public', relation::text,
+                                jsonb_build_object('drop_after', drop_after::text));
+    INSERT INTO ts_calls VALUES (format('add_retention_policy %s %s', relation, drop_after));
+    SELECT 1
+$$;
+CREATE FUNCTION remove_retention_policy(relation regclass, if_exists boolean DEFAULT false) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM ts_jobs WHERE hypertable_name = relation::text;
+    INSERT INTO ts_calls VALUES (format('remove_retention_policy %s', relation));
+$$;
+CREATE SCHEMA timescaledb_information;
+CREATE VIEW timescaledb_information.hypertables AS
+    SELECT 'public'::name AS hypertable_schema, table_name AS hypertable_name, true AS compression_enabled
+    FROM ts_calls, LATERAL (SELECT split_part(call, ' ', 2)::name AS table_name) t
+    WHERE call LIKE 'create_hypertable %';
+CREATE VIEW timescaledb_information.jobs AS SELECT * FROM ts_jobs;
+"""
+
+
+def test_the_timescale_variant_runs_against_a_stand_in_of_the_timescaledb_api(conn: psycopg.Connection) -> None:
+    from ingestd.db.maintenance import set_retention_policy
+
+    conn.execute(TIMESCALE_STUBS)
+    for m in load_migrations():
+        if m.mode in ("any", "timescale"):
+            statements = m.sql.replace("CREATE EXTENSION IF NOT EXISTS timescaledb;", "")
+            conn.execute(statements)
+    conn.commit()
+    calls = [c for (c,) in conn.execute("SELECT call FROM ts_calls")]
+    tables = ["ticks", "books", "derivatives", "dex_metrics", "onchain_flows"]
+    assert calls == [f"create_hypertable {t} ts 1 day" for t in tables] + [
+        f"add_compression_policy {t} 7 days" for t in tables
+    ]
+    for table in TIME_SERIES:  # plain tables, not partitioned: TimescaleDB makes the chunks
+        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone() == ("r",)
+    assert primary_key(conn, "ticks") == ["venue", "symbol", "trade_id", "ts"]
+    conn.rollback()
+    assert set_retention_policy(conn, "ticks", 30) == "ticks: drop chunks older than 30 days"
+    assert set_retention_policy(conn, "ticks", 30) is None  # already so
+    assert set_retention_policy(conn, "ticks", 7) == "ticks: drop chunks older than 7 days"
+    assert set_retention_policy(conn, "ticks", 0) == "ticks: retention off"
+    calls = [c for (c,) in conn.execute("SELECT call FROM ts_calls WHERE call LIKE '%retention%'")]
+    assert calls == [
+        "add_retention_policy ticks 30 days", "remove_retention_policy ticks", "add_retention_policy ticks 7 days",
+        "remove_retention_policy ticks",
+    ]

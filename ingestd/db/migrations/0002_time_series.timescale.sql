@@ -85,8 +85,10 @@ CREATE TABLE IF NOT EXISTS onchain_flows (
 );
 
 -- create_hypertable's classic signature: accepted by every TimescaleDB 2.x (deprecated, not removed,
--- since 2.13 in favour of by_range()).
-SELECT create_hypertable(t, 'ts', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)
+-- since 2.13 in favour of by_range()). migrate_data: a table left behind with rows (by the legacy
+-- service) is converted too, slowly but once; an empty one costs nothing extra.
+SELECT create_hypertable(t::regclass, 'ts', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE,
+                         migrate_data => TRUE)
 FROM unnest(ARRAY['ticks', 'books', 'derivatives', 'dex_metrics', 'onchain_flows']) AS t;
 
 -- Compression: segments per market (queries filter on one market), ordered by time inside.
