@@ -16,8 +16,9 @@ removing it. Chunks are created by TimescaleDB itself.
 
 Locking: DDL on a partition takes a strong lock on its parent, so each step runs in its own short
 transaction under an advisory lock (two daemons do not race to create the same partition), with
-`lock_timeout` so that a long report holding the table makes the step fail fast (and be retried
-at the next run) instead of queueing every writer behind it.
+`lock_timeout` so that a long report holding the table makes the step fail fast instead of
+queueing every writer behind it; the steps after it are skipped (they would wait as long), and the
+sink runs maintenance again five minutes later rather than in an hour.
 
 Scheduling: the sink calls `run_maintenance()` from `open()` and then from `write()` at most once an
 hour, before the batch (see ingestd.sinks.postgres). That is the simplest honest schedule inside a
@@ -31,7 +32,7 @@ import datetime as dt
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import psycopg
 from psycopg import sql
@@ -217,12 +218,13 @@ def run_maintenance(
         partitioned = partitioned_tables(conn)
         hyper = hypertables(conn)
     ahead = [today + dt.timedelta(days=i) for i in range(PARTITION_DAYS_AHEAD + 1)]
+    steps: list[tuple[str, Callable[[], None]]] = []
     for table in partitioned:
-        for step, work in (
-            ("create partitions", lambda: report.created.extend(ensure_partitions(conn, table, ahead))),
-            ("retention", lambda: report.dropped.extend(drop_expired_partitions(conn, table, retention_days, now))),
-        ):
-            _attempt(conn, report, f"{table}: {step}", work)
+        steps.append((f"{table}: create partitions",
+                      lambda table=table: report.created.extend(ensure_partitions(conn, table, ahead))))
+        steps.append((f"{table}: retention",
+                      lambda table=table: report.dropped.extend(
+                          drop_expired_partitions(conn, table, retention_days, now))))
     for table in hyper:
 
         def policy(table: str = table) -> None:
@@ -230,11 +232,18 @@ def run_maintenance(
             if change:
                 report.retention_policies.append(change)
 
-        _attempt(conn, report, f"{table}: retention policy", policy)
+        steps.append((f"{table}: retention policy", policy))
+    for what, work in steps:
+        if not _attempt(conn, report, what, work):
+            # The tables are busy (a lock wait timed out): the remaining steps would most likely
+            # wait as long each, and the caller's next batch waits for all of them. Next run.
+            report.problems.append("remaining steps skipped until the next run")
+            break
     return report
 
 
-def _attempt(conn: psycopg.Connection, report: MaintenanceReport, what: str, work) -> None:
+def _attempt(conn: psycopg.Connection, report: MaintenanceReport, what: str, work: Callable[[], None]) -> bool:
+    """Run one step; False when it hit a lock timeout (the caller stops there)."""
     try:
         work()
     except psycopg.Error as exc:
@@ -243,3 +252,5 @@ def _attempt(conn: psycopg.Connection, report: MaintenanceReport, what: str, wor
         # A lock timeout, a permission problem, a name clash: this step waits for the next run.
         report.problems.append(f"{what}: {exc}")
         logger.warning("maintenance: %s failed, retrying at the next run: %s", what, exc)
+        return not isinstance(exc, psycopg.errors.LockNotAvailable)
+    return True

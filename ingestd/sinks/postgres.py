@@ -71,6 +71,7 @@ from ingestd.stats import StatsRegistry
 logger = logging.getLogger("ingestd.sinks.postgres")
 
 MAINTENANCE_INTERVAL_S = 3600.0
+MAINTENANCE_RETRY_S = 300.0
 
 # Record times the sink stores: 1970-01-01 .. 9999-12-30 UTC (psycopg cannot read back years past 9999).
 MIN_TS_US = 0
@@ -272,7 +273,9 @@ class PostgresSink(Sink):
 
     def _maintain(self, conn: psycopg.Connection) -> None:
         report = run_maintenance(conn, self.cfg.retention_days)
-        self._next_maintenance = self._clock() + MAINTENANCE_INTERVAL_S
+        # A step that failed (most likely on a busy table) is tried again sooner than in an hour.
+        interval = MAINTENANCE_RETRY_S if report.problems else MAINTENANCE_INTERVAL_S
+        self._next_maintenance = self._clock() + interval
         if report.created or report.dropped:
             self._prepare_session(conn)  # refresh the partition cache
         if report.dropped:

@@ -452,3 +452,27 @@ def test_the_connection_identifies_itself_and_hides_the_password(pg_database: Da
         s.close()
     assert "hunter2-secret" not in caplog.text
     assert "hunter2-secret" not in repr(s.cfg)
+
+
+def test_maintenance_gives_up_quickly_on_a_busy_table(pg_database: Database, monkeypatch) -> None:
+    from ingestd.db import maintenance
+
+    monkeypatch.setattr(maintenance, "LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(pg_database.conninfo) as setup:
+        from ingestd.db import migrate
+
+        migrate(setup)
+    reader = psycopg.connect(pg_database.conninfo)
+    try:
+        reader.execute("LOCK TABLE books IN ACCESS SHARE MODE")  # a long report on books, mid-transaction
+        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=20)
+        with psycopg.connect(pg_database.conninfo) as conn:
+            report = run_maintenance(conn, 30, now=later)
+        assert report.problems[0].startswith("books: create partitions: canceling statement due to lock timeout")
+        assert report.problems[-1] == "remaining steps skipped until the next run"
+        assert report.created == []  # books comes first (alphabetical): nothing else was tried
+    finally:
+        reader.close()
+    with psycopg.connect(pg_database.conninfo) as conn:
+        report = run_maintenance(conn, 30, now=later)  # the next run does it all
+    assert report.problems == [] and len(report.created) == 5 * 3
