@@ -112,6 +112,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 import msgspec
+from kafka import codec as kafka_codec
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (
@@ -290,6 +291,13 @@ class _Market:
         if self.floor is None or value > self.floor:
             self.floor = value
 
+
+# codec -> (is its library importable, the PyPI package that provides it)
+_CODECS = {
+    "snappy": (kafka_codec.has_snappy, "python-snappy"),
+    "lz4": (kafka_codec.has_lz4, "lz4"),
+    "zstd": (kafka_codec.has_zstd, "zstandard"),
+}
 
 _INT64 = range(-(1 << 63), 1 << 63)
 
@@ -635,6 +643,12 @@ class KafkaSink(Sink):
         """Make a producer, make sure the checkpoints topic exists, and rebuild the window and the
         checkpoints from what the broker holds. Raises SinkError; leaves the sink stale on failure."""
         self._discard_producer()
+        codec = _CODECS.get(self.compression)
+        if codec is not None and not codec[0]():
+            raise SinkError(
+                f"{self.name}: compression {self.compression!r} needs the Python package {codec[1]!r},"
+                " which is not installed (gzip needs nothing)"
+            )
         timeout_ms = int(self.delivery_timeout_s * 1000)
         try:
             producer = KafkaProducer(

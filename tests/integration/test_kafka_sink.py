@@ -436,6 +436,17 @@ def test_open_fails_cleanly_when_no_broker_answers(tmp_path):
     sink.close()
 
 
+@pytest.mark.parametrize("codec", ["snappy", "lz4", "zstd"])
+def test_a_codec_without_its_library_fails_at_open_and_says_which_package(kafka_server, codec):
+    from kafka import codec as kafka_codec
+
+    if getattr(kafka_codec, f"has_{codec}")():
+        pytest.skip(f"{codec} is installed here")
+    cfg = KafkaSinkConfig(name="bus", type="kafka", bootstrap_servers=(kafka_server.bootstrap,), compression=codec)
+    with pytest.raises(SinkError, match="needs the Python package"):
+        KafkaSink("bus", cfg).open()
+
+
 def test_the_pipeline_rides_out_a_broker_restart(private_kafka_server):
     """SinkRunner + KafkaSink: the broker goes away mid-stream and comes back; the runner retries the
     same batch, and every record reaches a consumer once (counted before the stop plus after)."""
