@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -90,6 +91,7 @@ class InstanceScreen(Screen):
     def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
+        self.ready = False  # columns added: snapshots may arrive between push_screen and on_mount
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -111,6 +113,7 @@ class InstanceScreen(Screen):
         self.query_one("#symbols-table", DataTable).add_columns("SYMBOL", "LAST EVENT")
         self.query_one("#sinks-table", DataTable).add_columns("SINK", "ROWS", "WRITE ERR", "QUEUE", "SPOOL")
         self.query_one("#alerts-table", DataTable).add_columns("STATE", "ALERT", "SEVERITY", "SINCE", "MESSAGE")
+        self.ready = True
         self.refresh_data()
         self.call_after_refresh(self.refresh_data)  # again once laid out: the sparkline needs its width
 
@@ -125,6 +128,8 @@ class InstanceScreen(Screen):
         return self.app.instances[self.key]  # type: ignore[attr-defined]
 
     def refresh_data(self) -> None:
+        if not self.ready:
+            return
         inst = self.instance
         styles = self.app.styles_map  # type: ignore[attr-defined]
         snap = inst.snapshot or {}
@@ -335,7 +340,10 @@ class ConsoleApp(App):
         self.update_title()
         screen = self.screen
         if isinstance(screen, InstanceScreen) and screen.key == inst.key:
-            screen.refresh_data()
+            try:
+                screen.refresh_data()
+            except Exception:  # a drawing bug must not stop this instance's updates
+                self.log.error(f"refreshing {inst.name}'s screen failed:\n{traceback.format_exc()}")
 
     def selected(self) -> Instance | None:
         table = self.query_one("#instances", DataTable)
@@ -364,7 +372,7 @@ class ConsoleApp(App):
             rates = list(inst.rates)
             peak = max(rates) if rates else None
             label.update(f"msg/s {inst.name}: now {fmt_rate(inst.rate)}, peak {fmt_rate(peak)}"
-                         f" over the last {len(rates)} samples")
+                         f" over the last {len(rates)} sample{'' if len(rates) == 1 else 's'}")
             spark.data = sparkline_data(rates, spark.size.width)
         lines = Text()
         firing = [(i, a) for i in self.instances.values() for a in i.firing()]

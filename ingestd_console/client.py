@@ -93,6 +93,8 @@ async def follow(
             on_lost("no update (timed out)")
         except (OSError, ConnectionError) as exc:
             on_lost(str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug on our side: show it and start over rather than freeze as "up"
+            on_lost(f"console error: {exc!r}")
         finally:
             if sub is not None:
                 await sub.aclose()
