@@ -664,6 +664,8 @@ class KafkaSink(Sink):
                 f"{self.name}: compression {self.compression!r} needs the Python package {codec[1]!r},"
                 " which is not installed (gzip needs nothing)"
             )
+        if self.compression == "gzip":
+            _set_gzip_level()
         timeout_ms = int(self.delivery_timeout_s * 1000)
         try:
             producer = KafkaProducer(
@@ -946,4 +948,24 @@ def _fast_send(producer: KafkaProducer) -> Callable | None:
         return result[0]
 
     return send
+
+
+#: gzip level of record batches. kafka-python hardcodes 9; the Java client and librdkafka default to 6
+#: (zlib's default). On a batch of 1000 trades, 9 costs 2.8 ms of CPU for 6.1 kB, 6 costs 0.7 ms for
+#: 6.5 kB: level 9 buys 7 % less network and disk for four times the CPU, and the CPU is the
+#: bottleneck here (the sender thread's CPU per record fell from ~15 to ~9.5 µs, bench/kafka_sink.py).
+GZIP_LEVEL = 6
+
+
+def _set_gzip_level() -> None:
+    """Make kafka-python's v2 record batches use GZIP_LEVEL (it offers no setting for it).
+
+    Replaces the module global its batch builder calls, only while that is still kafka-python's own
+    function (so a kafka-python that changed shape is left alone). Process-wide, and harmless for any
+    other producer in the process: every gzip level is read by every consumer.
+    """
+    from kafka.record import default_records
+
+    if getattr(default_records, "gzip_encode", None) is kafka_codec.gzip_encode:
+        default_records.gzip_encode = functools.partial(kafka_codec.gzip_encode, compresslevel=GZIP_LEVEL)
 

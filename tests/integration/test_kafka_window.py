@@ -113,3 +113,15 @@ def test_the_cached_partitioner_agrees_with_kafka_pythons_default():
             assert ours.partition("t", key, key, None, None, Cluster(n)) == theirs.partition(
                 "t", key, key, None, None, Cluster(n)
             )
+
+
+def test_gzip_batches_use_the_level_other_kafka_clients_use():
+    import gzip
+
+    from kafka.record import default_records
+
+    kafka_module._set_gzip_level()
+    kafka_module._set_gzip_level()  # idempotent
+    encode = default_records.gzip_encode
+    assert encode.keywords == {"compresslevel": kafka_module.GZIP_LEVEL} == {"compresslevel": 6}
+    assert gzip.decompress(encode(b"ingestd" * 1000)) == b"ingestd" * 1000
