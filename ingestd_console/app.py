@@ -30,6 +30,8 @@ from ingestd_console.model import (
     GONE,
     UP,
     Instance,
+    alert_title,
+    alert_when,
     clip,
     fmt_age,
     fmt_bytes,
@@ -92,6 +94,7 @@ class InstanceScreen(Screen):
         super().__init__()
         self.key = key
         self.ready = False  # columns added: snapshots may arrive between push_screen and on_mount
+        self.alert_rows: dict[str, dict] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -106,19 +109,35 @@ class InstanceScreen(Screen):
                 yield DataTable(id="sinks-table", cursor_type="row", zebra_stripes=True)
             with TabPane("Alerts", id="alerts"):
                 yield DataTable(id="alerts-table", cursor_type="row", zebra_stripes=True)
+                yield Static(id="alert-detail")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#conns-table", DataTable).add_columns("ID", "STATE", "MESSAGES", "LAST MSG", "RECONN", "LAST ERROR")
         self.query_one("#symbols-table", DataTable).add_columns("SYMBOL", "LAST EVENT")
         self.query_one("#sinks-table", DataTable).add_columns("SINK", "ROWS", "WRITE ERR", "QUEUE", "SPOOL")
-        self.query_one("#alerts-table", DataTable).add_columns("STATE", "ALERT", "SEVERITY", "SINCE", "MESSAGE")
+        self.query_one("#alerts-table", DataTable).add_columns("STATE", "ALERT", "SEVERITY", "WHEN")
         self.ready = True
         self.refresh_data()
         self.call_after_refresh(self.refresh_data)  # again once laid out: the sparkline needs its width
 
     def on_resize(self) -> None:
         self.refresh_data()
+
+    def show_alert_detail(self) -> None:
+        """The highlighted alert's whole message, under the table."""
+        table = self.query_one("#alerts-table", DataTable)
+        detail = self.query_one("#alert-detail", Static)
+        if table.row_count == 0:
+            detail.update("No alerts seen since the console started.")
+            return
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        a = self.alert_rows.get(key, {})
+        detail.update(Text(f"{alert_title(a)}: {a.get('message', '')}"))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "alerts-table" and self.ready:
+            self.show_alert_detail()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -174,15 +193,16 @@ class InstanceScreen(Screen):
                              queue, fmt_bytes(s.spool_bytes))
         _sync_rows(self.query_one("#sinks-table", DataTable), sinks)
         alerts = {}
-        for (name, since, state), a in reversed(list(inst.alert_history.items())):
-            firing = state == "firing"
-            alerts[f"{name}|{since}|{state}"] = (
-                Text(state, style=styles["alert"] if firing else styles["dim"]),
-                clip(name, 18), clip(str(a.get("severity", "")), 8),
-                fmt_age((now_us - since) / 1e6) if since and now_us else "-",
-                clip(str(a.get("message", "")), 28),
+        self.alert_rows = {}
+        for (title, since, state), a in reversed(list(inst.alert_history.items())):
+            key = f"{title}|{since}|{state}"
+            self.alert_rows[key] = a
+            alerts[key] = (
+                Text(state, style=styles["alert"] if state == "firing" else styles["dim"]),
+                clip(title, 34), clip(str(a.get("severity", "")), 8), alert_when(a, now_us),
             )
         _sync_rows(self.query_one("#alerts-table", DataTable), alerts)
+        self.show_alert_detail()
         self.query_one(TabbedContent).get_tab("alerts").label = f"Alerts ({len(inst.firing())})"
 
 
@@ -215,6 +235,8 @@ class ConsoleApp(App):
     #alerts { height: auto; max-height: 7; padding: 0 1; border-top: solid $panel; }
     InstanceScreen #summary { height: 1; }
     InstanceScreen TabPane { padding: 0; }
+    InstanceScreen #alerts-table { height: auto; max-height: 1fr; }
+    InstanceScreen #alert-detail { height: auto; padding: 1 1 0 1; color: $text-muted; }
     InstanceScreen #irate { height: 2; margin: 0 1; }
     """
     BINDINGS = [Binding("q", "quit", "Quit")]
@@ -380,12 +402,10 @@ class ConsoleApp(App):
             lines.append("No alerts firing.", style=self.styles_map["dim"])
         for n, (i, a) in enumerate(firing):
             now_us = (i.snapshot or {}).get("now_us") or 0
-            since = a.get("since_us") or 0
-            age = fmt_age((now_us - since) / 1e6) if since and now_us else "-"
             if n:
                 lines.append("\n")
             lines.append(" ALERT ", style=self.styles_map["alert"])
-            lines.append(clip(f" {i.name} {a.get('name', '?')} [{a.get('severity', '?')}] for {age}: "
+            lines.append(clip(f" {i.name} {alert_title(a)} [{a.get('severity', '?')}] {alert_when(a, now_us)}: "
                               f"{a.get('message', '')}", 70))
         self.query_one("#alerts", Static).update(lines)
 

@@ -74,7 +74,7 @@ class Instance:
             if self.rate is not None:
                 self.rates.append(self.rate)
         for alert in alerts(snap):
-            key = (str(alert.get("name", "?")), int(alert.get("since_us") or 0), str(alert.get("state", "?")))
+            key = (alert_title(alert), _int(alert.get("since_us")), str(alert.get("state", "?")))
             self.alert_history[key] = alert
         while len(self.alert_history) > ALERT_HISTORY:
             self.alert_history.pop(next(iter(self.alert_history)))
@@ -131,6 +131,33 @@ class Instance:
         return None
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def alert_title(alert: dict[str, Any]) -> str:
+    """The rule name and its labels: `SinkWriteErrors sink=pg` (one rule fires once per label set)."""
+    labels = alert.get("labels")
+    text = str(alert.get("name", "?"))
+    if isinstance(labels, dict) and labels:
+        text += " " + " ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return text
+
+
+def alert_when(alert: dict[str, Any], now_us: int) -> str:
+    """Firing: for how long; resolved: how long ago (at_us, else since_us)."""
+    if not now_us:
+        return "-"
+    if alert.get("state") == "firing":
+        since = _int(alert.get("since_us"))
+        return f"for {fmt_age((now_us - since) / 1e6)}" if since else "-"
+    at = _int(alert.get("at_us")) or _int(alert.get("since_us"))
+    return f"{fmt_age((now_us - at) / 1e6)} ago" if at else "-"
+
+
 def counters(snap: dict[str, Any]) -> dict[str, Any]:
     c = snap.get("counters")
     return c if isinstance(c, dict) else {}
@@ -162,6 +189,16 @@ def message_rate(prev: dict[str, Any], snap: dict[str, Any]) -> float | None:
     return delta / dt
 
 
+def _sink_key(key: str, head: str) -> tuple[str, str] | None:
+    """"sink.<name>.<field>" -> (name, field); a sink name may itself contain dots (as in
+    ingestd.metrics.split_key)."""
+    first, _, rest = key.partition(".")
+    if first != head:
+        return None
+    name, _, fld = rest.rpartition(".")
+    return (name, fld) if name else None
+
+
 def sinks(snap: dict[str, Any]) -> list[Sink]:
     """sink.<name>.rows_written / .write_errors counters, queues["sink.<name>"], gauge spool.<name>.bytes."""
     found: dict[str, Sink] = {}
@@ -170,23 +207,24 @@ def sinks(snap: dict[str, Any]) -> list[Sink]:
         return found.setdefault(name, Sink(name))
 
     for key, value in counters(snap).items():
-        parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "sink":
-            if parts[2] == "rows_written":
-                sink(parts[1]).rows_written = int(value)
-            elif parts[2] == "write_errors":
-                sink(parts[1]).write_errors = int(value)
-            else:
-                sink(parts[1])
+        parts = _sink_key(key, "sink")
+        if parts is None:
+            continue
+        name, fld = parts
+        if fld == "rows_written":
+            sink(name).rows_written = int(value)
+        elif fld == "write_errors":
+            sink(name).write_errors = int(value)
+        else:
+            sink(name)
     for key, q in (snap.get("queues") or {}).items():
-        parts = key.split(".")
-        if len(parts) == 2 and parts[0] == "sink" and isinstance(q, dict):
-            s = sink(parts[1])
+        if key.startswith("sink.") and len(key) > 5 and isinstance(q, dict):
+            s = sink(key[5:])
             s.queue_used, s.queue_capacity = q.get("used"), q.get("capacity")
     for key, value in gauges(snap).items():
-        parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "spool" and parts[2] == "bytes":
-            sink(parts[1]).spool_bytes = value
+        parts = _sink_key(key, "spool")
+        if parts is not None and parts[1] == "bytes":
+            sink(parts[0]).spool_bytes = value
     return sorted(found.values(), key=lambda s: s.name)
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 import trio
 
+from ingestd.alerts import AlertConfig, AlertEngine, run_alerts
 from ingestd.config import parse_config
 from ingestd.sim.server import SimConfig, Simulator, serve
 from ingestd.stats import StatsRegistry
@@ -72,9 +73,14 @@ async def serve_demo(
     seed: int = 1,
     admin_group: str | None = "ingestd",
     registry: Callable[[str], StatsRegistry] = StatsRegistry,
+    alerts: AlertConfig | None = None,
+    alert_interval_s: float = 5.0,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled or `Demo.stop()`; reports the Demo once every stats socket is listening."""
+    """Run until cancelled or `Demo.stop()`; reports the Demo once every stats socket is listening.
+
+    alerts: also run the alert engine (ingestd.alerts.run_alerts) on each registry with this config,
+    as the daemon will once it is wired into run_daemon; None: no alerts."""
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(serve, SimConfig(symbols=symbols, rate=rate, seed=seed))
         demo = Demo(sim)
@@ -91,6 +97,9 @@ async def serve_demo(
 
             async def on_started(stats: StatsRegistry) -> None:  # run_daemon cancels this at stop
                 async with trio.open_nursery() as n:
+                    if alerts is not None:
+                        await n.start(partial(run_alerts, stats, AlertEngine(instance, alerts),
+                                              interval_s=alert_interval_s))
                     await n.start(partial(serve_stats_socket, stats, path, admin_group=admin_group))
                     pending.discard(instance)
                     if not pending:
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=6)
     parser.add_argument("--rate", type=float, default=300.0, help="simulated events per second")
     parser.add_argument("--ready-file", type=Path, help="write the socket paths here, one a line, once listening")
+    parser.add_argument("--no-alerts", action="store_true", help="do not run the alert engine")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         async with trio.open_nursery() as nursery:
             demo = await nursery.start(lambda task_status: serve_demo(
                 args.runtime_dir, args.state_dir, shards=args.shards, symbols=args.symbols, rate=args.rate,
-                task_status=task_status))
+                alerts=None if args.no_alerts else AlertConfig(), task_status=task_status))
             lines = "".join(f"{p}\n" for p in demo.sockets.values())
             print(f"stats sockets:\n{lines}watch them: ingestd-console --runtime-dir {args.runtime_dir}", flush=True)
             if args.ready_file:

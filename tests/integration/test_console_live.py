@@ -16,6 +16,7 @@ from pathlib import Path
 import outcome
 import trio
 
+from ingestd.alerts import RULE_NAMES, AlertConfig
 from ingestd.stats import StatsRegistry
 from ingestd.statsock.demo import serve_demo
 from ingestd.statsock.server import serve_stats_socket
@@ -23,18 +24,10 @@ from ingestd_console.app import ConsoleApp, InstanceScreen
 from ingestd_console.model import GONE, UP
 
 
-@dataclass
-class AlertingRegistry(StatsRegistry):
-    """A stand-in for the alert engine (a parallel effort), which will put its alerts in the snapshot
-    under "alerts"; the test appends to `alerts` to make one fire."""
-
-    alerts: list = field(default_factory=list)
-
-    def snapshot(self) -> dict:
-        snap = super().snapshot()
-        if self.alerts:
-            snap["alerts"] = [dict(a) for a in self.alerts]
-        return snap
+# The real alert engine (ingestd.alerts) runs beside each daemon, as run_daemon will run it: only the
+# rule under test, with windows short enough for a test.
+ALERTS = AlertConfig(write_errors_window_s=1.0, clear_for_s=0.3,
+                     disabled=frozenset(RULE_NAMES) - {"SinkWriteErrors"})
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +98,7 @@ def test_two_live_instances_rates_alerts_and_navigation(tmp_path):
 async def _two_live_instances(tmp_path: Path):
     run = tmp_path / "run"
     async with trio_guest(lambda task_status: serve_demo(
-            run, tmp_path / "state", shards=2, symbols=6, rate=100.0, registry=AlertingRegistry,
+            run, tmp_path / "state", shards=2, symbols=6, rate=100.0, alerts=ALERTS, alert_interval_s=0.2,
             task_status=task_status)) as (demo, token):
         app = ConsoleApp(runtime_dir=run, interval_ms=200, reconnect_s=0.5, rescan_s=0.5)
         async with app.run_test(size=(80, 24)) as pilot:
@@ -130,16 +123,15 @@ async def _two_live_instances(tmp_path: Path):
                 assert counters["sink.local.rows_written"] > 0
             assert "msg/s binance-1: now" in str(app.query_one("#trend-label").render())
 
-            # An alert fires on binance-2 (injected: see AlertingRegistry) and appears.
+            # A sink write fails on binance-2: the alert engine fires SinkWriteErrors, the console shows it.
             assert "No alerts firing" in str(app.query_one("#alerts").render())
             registry = demo.stats["binance-2"]
-            registry.alerts.append({"name": "feed_stale", "severity": "critical", "state": "firing",
-                                    "since_us": registry.snapshot()["now_us"], "message": "no trades for 30 s"})
+            registry.incr("sink.local.write_errors")
             await until(pilot, lambda: app.instances[keys[1]].firing(), what="the alert")
-            assert row_text(app, keys[1])[9] == "1"
+            assert row_text(app, keys[1])[9] == "1" and row_text(app, keys[1])[7] == "1"  # ALRT, WERR
             assert row_text(app, keys[0])[9] == "-"
             panel = str(app.query_one("#alerts").render())
-            assert "ALERT" in panel and "binance-2 feed_stale [critical]" in panel
+            assert "ALERT" in panel and "binance-2 SinkWriteErrors sink=local [error]" in panel
 
             # Enter opens the instance under the cursor, Esc comes back.
             await press(pilot, "down")
@@ -156,11 +148,12 @@ async def _two_live_instances(tmp_path: Path):
             await press(pilot, "4")
             await until(pilot, lambda: screen.query_one("TabbedContent").active == "alerts", what="alerts tab")
             alerts = screen.query_one("#alerts-table")
-            assert [str(c) for c in alerts.get_row_at(0)[:3]] == ["firing", "feed_stale", "critical"]
-            # It resolves: the history keeps both.
-            registry.alerts[0] = {**registry.alerts[0], "state": "resolved",
-                                  "since_us": registry.snapshot()["now_us"]}
+            assert [str(c) for c in alerts.get_row_at(0)[:3]] == ["firing", "SinkWriteErrors sink=local", "error"]
+            # No more errors: after its window the alert resolves, and the history keeps both states.
             await until(pilot, lambda: alerts.row_count == 2, what="alert history")
+            assert [str(alerts.get_row_at(i)[0]) for i in range(2)] == ["resolved", "firing"]
+            detail = str(screen.query_one("#alert-detail").render())
+            assert detail.startswith("SinkWriteErrors sink=local: no failed write to sink local"), detail
             await press(pilot, "escape")
             await until(pilot, lambda: not isinstance(app.screen, InstanceScreen), what="back")
             await until(pilot, lambda: row_text(app, keys[1])[9] == "-", what="alert cleared")
