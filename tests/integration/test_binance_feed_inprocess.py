@@ -144,9 +144,9 @@ async def test_symbol_list_change_keeps_unaffected_connections(tmp_path):
                 con.close()
 
         at_change = stored()
-        await trio.sleep(2)
-        later = stored()
-        assert {fourth, fifth, sixth} <= set(later)  # subscribed live, or on the new connection
-        assert later.get(third) == at_change.get(third)  # unsubscribed: nothing new stored
+        # subscribed live, or on the new connection
+        await wait_until(lambda: {fourth, fifth, sixth} <= set(stored()))
+        await trio.sleep(1)
+        assert stored().get(third) == at_change.get(third)  # unsubscribed: nothing new stored
         assert stats.counters.get("binance.unexpected_symbol", 0) == 0
         nursery.cancel_scope.cancel()

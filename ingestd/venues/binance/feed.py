@@ -120,6 +120,7 @@ class _ConnectionHandle:
     replace_wanted: trio.Event = field(default_factory=trio.Event)
     connected_at: float = 0.0  # trio.current_time() of the current TCP connection
     conn: Any = None  # the live WsConnection, for SUBSCRIBE/UNSUBSCRIBE; None between connects
+    streams: set[str] = field(default_factory=set)  # what `conn` is subscribed to
 
 
 @dataclass
@@ -130,6 +131,7 @@ class _Group:
     index: int
     symbols: list[str]
     current: _ConnectionHandle | None = None
+    handles: list[_ConnectionHandle] = field(default_factory=list)  # every live connection (1, or 2 in a handover)
 
 
 @dataclass(slots=True)
@@ -234,34 +236,46 @@ class BinanceFeed:
         change = _SymbolsChanged(added, removed)
         await self._control_inbox.send(change)  # state first: events for new symbols must find it
         await change.applied.wait()
+        changed: list[_Group] = []
         for group in self._groups:
-            gone = [s for s in group.symbols if s not in keep]
-            if gone:
+            if any(s not in keep for s in group.symbols):
                 group.symbols[:] = [s for s in group.symbols if s in keep]
-                await self._send_control(group, "UNSUBSCRIBE", gone)
+                changed.append(group)
         for symbol in added:
             group = next((g for g in self._groups if len(g.symbols) < self.cfg.pairs_per_connection), None)
             if group is None:
                 self._start_group([symbol])  # its first connect subscribes through the URL
             else:
                 group.symbols.append(symbol)
-                await self._send_control(group, "SUBSCRIBE", [symbol])
+                if group not in changed:
+                    changed.append(group)
+        for group in changed:
+            for handle in list(group.handles):
+                await self._reconcile(group, handle)
         self.symbols = new
         self.stats.set_gauge("binance.symbols", len(new))
         log.info("symbol list changed", extra={"added": ",".join(added) or "-", "removed": ",".join(removed) or "-"})
         return added, removed
 
-    async def _send_control(self, group: _Group, method: str, symbols: list[str]) -> None:
-        handle = group.current
-        conn = handle.conn if handle is not None else None
-        if conn is None:
-            return  # not connected: the next connect's URL already reflects group.symbols
-        self._request_id += 1
-        request = {"method": method, "params": self._streams(symbols), "id": self._request_id}
-        try:
-            await conn.send_text(msgspec.json.encode(request).decode())
-        except ConnectionClosed:
-            pass  # reconnecting anyway, with the updated URL
+    async def _reconcile(self, group: _Group, handle: _ConnectionHandle) -> None:
+        """Bring one live connection's subscriptions in line with its group's symbols.
+
+        Called after every connect (the URL was built before the connect's await, and the list may
+        have changed meanwhile) and after every change, so no interleaving can leave a stream
+        subscribed on the wrong connection or not at all."""
+        wanted = set(self._streams(group.symbols))
+        for method, delta in (("UNSUBSCRIBE", handle.streams - wanted), ("SUBSCRIBE", wanted - handle.streams)):
+            conn = handle.conn
+            if not delta or conn is None:
+                continue  # not connected: the next connect's URL is built from group.symbols
+            # Book-keep before the await, so a concurrent reconcile does not send the same request.
+            handle.streams = handle.streams - delta if method == "UNSUBSCRIBE" else handle.streams | delta
+            self._request_id += 1
+            request = {"method": method, "params": sorted(delta), "id": self._request_id}
+            try:
+                await conn.send_text(msgspec.json.encode(request).decode())
+            except ConnectionClosed:
+                return  # reconnecting anyway, with a URL built from group.symbols
 
     def _streams(self, symbols: list[str]) -> list[str]:
         cfg = self.cfg
@@ -551,6 +565,7 @@ class BinanceFeed:
         backoff = Backoff(self.cfg.reconnect_base_s, self.cfg.reconnect_cap_s)
         with trio.CancelScope() as scope:
             handle = _ConnectionHandle(conn_id, scope)
+            group.handles.append(handle)
             started = False
             try:
                 while True:
@@ -563,13 +578,14 @@ class BinanceFeed:
                         await self._connect_failed(cstats, backoff, exc)
                         continue
                     handle.connected_at = trio.current_time()
-                    handle.conn = conn
+                    handle.conn, handle.streams = conn, set(streams)
                     log.info("connected", extra={"conn": conn_id, "streams": len(streams)})
                     if started:
                         # A reconnect: trades may have been missed. (A first connect is either the
                         # start, where resume handles the past, or a make-before-break successor.)
                         await inbox.send(_ConnectionUp(list(group.symbols)))
                     try:
+                        await self._reconcile(group, handle)  # the symbols may have changed during connect
                         first: list = []
                         if not started:
                             # Report "up" (which lets a predecessor close) only once the venue is
@@ -592,6 +608,7 @@ class BinanceFeed:
                     cstats.state = "backoff"
                     await trio.sleep(backoff.next_delay())
             finally:
+                group.handles.remove(handle)
                 cstats.state = "closed"
                 self.stats.forget_connection(conn_id)
 
