@@ -1,31 +1,40 @@
-"""Run one instance: sinks, then the feed, then wait for a signal and drain in order.
+"""Run one instance: sinks, then the feed and the operator services, then drain in order.
 
-    run_daemon
-    └── root nursery
-        ├── sink runners       opened first, so nothing is produced before it can be stored
-        ├── feed               resumes from the sinks' checkpoints
-        └── signal watcher     SIGTERM/SIGINT: stop the feed, let the pipeline drain, bounded by
-                               `daemon.shutdown_timeout_s`; a second signal cancels at once
+    Instance.run
+    ├── signal watcher      SIGTERM/SIGINT: stop (a second one: at once); SIGHUP: reload the symbol
+    │                       list; SIGUSR2: wedge the feed on purpose (a watchdog drill)
+    └── work                cancel scope that gets the shutdown deadline
+        ├── sink runners    opened first, so nothing is produced before it can be stored or spooled
+        ├── feed            resumes from the sinks' checkpoints
+        ├── ops             stats socket, HTTP, alerts, systemd STATUS and watchdog (optional)
+        └── drain           on stop: STOPPING=1, the feed stops taking data and drains into the
+                            sink channels, the channels close, each runner writes or spools its rest
 
-Shutdown order matters for "nothing lost": the feed stops taking data first, then what it already
-decoded flows into the sink channels, then the channels close and each runner writes its last
-batch. Anything cut off by the deadline was never checkpointed, so the next start refetches it.
+Shutdown order matters for "nothing lost": whatever the deadline cuts off was never checkpointed,
+so the next start refetches it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
 
+from ingestd.config import ConfigError, load_config
 from ingestd.pipeline import Router, SinkRunner
 from ingestd.sinks import build_sink
 from ingestd.stats import StatsRegistry
+from ingestd.systemd import Notifier
 
 log = logging.getLogger("ingestd.supervisor")
+
+READY_WAIT_S = 30.0  # READY=1 once every connection is up, or after this long regardless
+RELOADABLE = {"symbols", "fallback_pairs"}  # feed keys SIGHUP applies; the rest need a restart
 
 
 def make_feed(family: str, feed_cfg: Any, router: Router, stats: StatsRegistry, resume: dict[str, int]):
@@ -39,7 +48,7 @@ def make_feed(family: str, feed_cfg: Any, router: Router, stats: StatsRegistry, 
 def run_instance(config: Any, instance: str, *, state_dir: Path) -> int:
     """Blocking entry point for `ingestd run INSTANCE`. Returns the process exit code."""
     try:
-        trio.run(run_daemon, config, instance, state_dir)
+        trio.run(partial(run_daemon, config, instance, state_dir, ops=True))
     except KeyboardInterrupt:
         return 130
     return 0
@@ -53,87 +62,165 @@ async def run_daemon(
     stats: StatsRegistry | None = None,
     on_started: Callable[[StatsRegistry], Awaitable[None]] | None = None,
     stop: trio.Event | None = None,
+    ops: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain. `on_started` runs as a task once the
-    feed is up (the demo's live summary uses it)."""
-    family, feed_cfg = config.feed_for_instance(instance)
-    stats = stats or StatsRegistry(instance)
-    daemon = config.daemon
-    state_dir.mkdir(parents=True, exist_ok=True)
-    sinks = [build_sink(name, config.sinks[name], state_dir=state_dir, stats=stats) for name in feed_cfg.sinks]
-    runners = [
-        SinkRunner(
-            sink,
-            stats,
-            batch_size=daemon.batch_size,
-            linger_s=daemon.linger_ms / 1000,
-            capacity=daemon.channel_capacity,
-        )
-        for sink in sinks
-    ]
-    router = Router(runners)
-    stop = trio.Event() if stop is None else stop
+    feed is up (the demo's live summary uses it); `ops` adds the operator services."""
+    await Instance(config, instance, state_dir, stats=stats).run(on_started=on_started, stop=stop, ops=ops)
 
-    work_scope = trio.CancelScope()
 
-    async def watch_signals() -> None:
+def minimum_resume_points(points: list[dict[str, int]]) -> dict[str, int]:
+    """Per symbol, the lowest checkpoint over the sinks that report one: a sink that was down (or
+    lost its spool) must be refilled, and the others skip the repeats on their natural keys."""
+    out: dict[str, int] = {}
+    for p in points:
+        for symbol, trade_id in p.items():
+            out[symbol] = min(trade_id, out.get(symbol, trade_id))
+    return out
+
+
+class Instance:
+    def __init__(self, config: Any, instance: str, state_dir: Path, *, stats: StatsRegistry | None = None) -> None:
+        self.config = config
+        self.instance = instance
+        self.family, self.feed_cfg = config.feed_for_instance(instance)
+        self.state_dir = state_dir
+        self.stats = stats or StatsRegistry(instance)
+        self.notifier = Notifier()
+        self.feed: Any = None
+        daemon = config.daemon
+        self.sinks = [build_sink(n, config.sinks[n], state_dir=state_dir, stats=self.stats) for n in self.feed_cfg.sinks]
+        self.runners = [
+            SinkRunner(
+                sink,
+                self.stats,
+                batch_size=daemon.batch_size,
+                linger_s=daemon.linger_ms / 1000,
+                capacity=daemon.channel_capacity,
+                spool_dir=state_dir / "spool" / sink.name,
+                spool_max_bytes=config.sinks[sink.name].spool_max_bytes,
+                spool_when_full=config.sinks[sink.name].spool_when_full,
+            )
+            for sink in self.sinks
+        ]
+        self.router = Router(self.runners)
+
+    async def run(self, *, on_started=None, stop: trio.Event | None = None, ops: bool = False) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stop = trio.Event() if stop is None else stop
+        work = trio.CancelScope()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._watch_signals, signals, stop, work)
+                with work:
+                    async with trio.open_nursery() as nursery:
+                        await self._start(nursery, stop, work, on_started, ops)
+                outer.cancel_scope.cancel()  # the work is over: stop watching signals
+        if work.cancelled_caught:
+            log.warning("shutdown cut short; unflushed records will be refetched on the next start")
+        else:
+            log.info("stopped cleanly", extra={"instance": self.instance})
+
+    async def _start(self, nursery: trio.Nursery, stop: trio.Event, work: trio.CancelScope, on_started, ops) -> None:
+        for runner in self.runners:
+            await nursery.start(runner.run)
+        points = [await trio.to_thread.run_sync(sink.resume_points, self.family) for sink in self.sinks]
+        resume = minimum_resume_points([p for p in points if p])
+        if resume:
+            log.info("resuming from stored checkpoints", extra={"symbols": len(resume)})
+        self.feed = feed = make_feed(self.family, self.feed_cfg, self.router, self.stats, resume)
+        feed_done = trio.Event()
+
+        async def run_feed(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await feed.run(task_status=task_status)
+            finally:
+                feed_done.set()
+
+        await nursery.start(run_feed)
+        log.info("instance started", extra={"instance": self.instance, "sinks": ",".join(self.feed_cfg.sinks)})
+        aux = trio.CancelScope()  # services that end when draining starts
+
+        async def run_aux() -> None:
+            with aux:
+                async with trio.open_nursery() as n:
+                    if ops:
+                        from ingestd.ops import run_ops
+
+                        await n.start(lambda task_status: run_ops(
+                            config=self.config, feed_cfg=self.feed_cfg, instance=self.instance, stats=self.stats,
+                            notifier=self.notifier, pairs=lambda: list(feed.symbols), controls=self._controls(),
+                            task_status=task_status))
+                    n.start_soon(self._announce_ready)
+                    if on_started is not None:
+                        n.start_soon(on_started, self.stats)
+
+        async def drain_when_stopped() -> None:
+            await stop.wait()
+            self.notifier.stopping()
+            aux.cancel()
+            work.deadline = trio.current_time() + self.config.daemon.shutdown_timeout_s
+            feed.stop()
+            await feed_done.wait()
+            await self.router.aclose()
+
+        nursery.start_soon(run_aux)
+        nursery.start_soon(drain_when_stopped)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every planned connection is up (sinks are open or spooling by now), or after
+        READY_WAIT_S regardless, so an unreachable venue shows in STATUS rather than as a failed start."""
+        with trio.move_on_after(READY_WAIT_S):
+            while True:
+                planned = self.stats.gauges.get(f"{self.family}.connections_planned", 0)
+                up = sum(1 for c in self.stats.connections.values() if c.state == "up")
+                if up >= planned:
+                    break
+                await trio.sleep(0.1)
+        self.notifier.ready(f"{self.instance}: running")
+        log.info("ready", extra={"instance": self.instance})
+
+    def _controls(self) -> dict:
+        async def reconnect(args: dict) -> dict:
+            replaced = self.feed.reconnect()
+            return {"ok": True, "replacing": replaced}
+
+        return {"reconnect": reconnect}
+
+    async def _watch_signals(self, signals, stop: trio.Event, work: trio.CancelScope) -> None:
         async for signum in signals:
-            if not stop.is_set():
-                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                await self.reload()
+            elif signum == signal.SIGUSR2:
+                log.warning("SIGUSR2: wedging the feed on purpose (watchdog drill)")
+                if self.feed is not None:
+                    self.feed.wedge()
+            elif not stop.is_set():
+                log.info("stopping", extra={"signal": name})
                 stop.set()
             else:
-                log.warning("second signal: stopping now", extra={"signal": signal.Signals(signum).name})
-                work_scope.cancel()
+                log.warning("second signal: stopping now", extra={"signal": name})
+                work.cancel()
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(watch_signals)
-            with work_scope:
-                async with trio.open_nursery() as work:
-                    await _run_work(work, work_scope, family, feed_cfg, instance, sinks, runners, router, stats,
-                                    stop, daemon.shutdown_timeout_s, on_started)
-            outer.cancel_scope.cancel()  # the work is over: stop watching signals
-    if work_scope.cancelled_caught:
-        log.warning("shutdown cut short; unflushed records will be refetched on the next start")
-    else:
-        log.info("stopped cleanly", extra={"instance": instance})
-
-
-async def _run_work(work, work_scope, family, feed_cfg, instance, sinks, runners, router, stats, stop,
-                    shutdown_timeout_s, on_started) -> None:
-    for runner in runners:
-        await work.start(runner.run)
-    # The first sink is the source of truth for where to resume.
-    resume = await trio.to_thread.run_sync(sinks[0].resume_points, family)
-    if resume:
-        log.info("resuming from stored checkpoints", extra={"symbols": len(resume), "sink": sinks[0].name})
-    feed = make_feed(family, feed_cfg, router, stats, resume)
-    feed_done = trio.Event()
-
-    async def run_feed(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def reload(self) -> None:
+        """Re-read the config file and apply the feed's symbol list; other changes need a restart."""
+        self.notifier.reloading()
         try:
-            await feed.run(task_status=task_status)
+            try:
+                config = load_config(self.config.source)
+                _, new = config.feed_for_instance(self.instance)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running configuration",
+                          extra={"problems": "; ".join(exc.problems)})
+                return
+            old = dataclasses.asdict(self.feed_cfg)
+            pending = sorted(k for k, v in dataclasses.asdict(new).items() if k not in RELOADABLE and old.get(k) != v)
+            if pending:
+                log.warning("changed keys need a restart to apply", extra={"keys": ",".join(pending)})
+            if self.feed is not None:
+                self.feed.cfg = self.feed_cfg = dataclasses.replace(
+                    self.feed_cfg, symbols=new.symbols, fallback_pairs=new.fallback_pairs)
+                await self.feed.update_symbols(list(new.symbols))
         finally:
-            feed_done.set()
-
-    await work.start(run_feed)
-    log.info("instance started", extra={"instance": instance, "sinks": ",".join(feed_cfg.sinks)})
-    aux_scope = trio.CancelScope()
-
-    async def run_aux() -> None:
-        with aux_scope:
-            await on_started(stats)
-
-    if on_started is not None:
-        work.start_soon(run_aux)
-
-    async def drain_when_stopped() -> None:
-        await stop.wait()
-        aux_scope.cancel()
-        # Everything still running must finish within the timeout, or be cancelled.
-        work_scope.deadline = trio.current_time() + shutdown_timeout_s
-        feed.stop()
-        await feed_done.wait()
-        await router.aclose()
-
-    work.start_soon(drain_when_stopped)
+            self.notifier.ready(f"{self.instance}: running")

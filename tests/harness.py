@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 _started: list[subprocess.Popen] = []
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        args, cwd=REPO, env={**_env(), **(env or {})}, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT
+    )
     _started.append(proc)
     return proc
 
@@ -100,11 +102,12 @@ def write_config(tmp: Path, sim: SimProcess, symbols: list[str], **feed_override
     }
     lines = ["[feeds.binance]"] + [f"{k} = {json.dumps(v)}" for k, v in feed.items()]
     text = textwrap.dedent(
-        """
+        f"""
         [daemon]
         linger_ms = 20
         shutdown_timeout_s = 4.0
         http_port = 0
+        stats_socket = "{tmp / 'stats.sock'}"
 
         [sinks.local]
         type = "sqlite"
@@ -130,12 +133,14 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_daemon(tmp: Path, config: Path, *, state_dir: Path | None = None, log_name: str = "daemon.log") -> DaemonProcess:
+def start_daemon(tmp: Path, config: Path, *, state_dir: Path | None = None, log_name: str = "daemon.log",
+                 env: dict[str, str] | None = None) -> DaemonProcess:
     state_dir = state_dir or tmp / "state"
     log_path = tmp / log_name
     proc = _spawn(
         [sys.executable, "-m", "ingestd", "--config", str(config), "run", "binance", "--state-dir", str(state_dir)],
         log_path,
+        env,
     )
     return DaemonProcess(proc, state_dir, log_path)
 

@@ -181,6 +181,7 @@ class BinanceFeed:
         self._snapshots = _WorkQueue(1)
         self._http: httpx.AsyncClient | None = None  # set by run(), which owns its lifetime
         self._groups: list[_Group] = []
+        self._wedged = False
         self._retired: set[str] = set()  # symbols removed at runtime
         self._request_id = 0
         self._nursery: trio.Nursery | None = None
@@ -285,6 +286,20 @@ class BinanceFeed:
             for name in stream_names(s, trade_stream=cfg.trade_stream, depth=cfg.depth, depth_speed_ms=cfg.depth_speed_ms)
         ]
 
+    def reconnect(self) -> int:
+        """Replace every connection, make-before-break (no gap). Returns how many are being replaced."""
+        replacing = 0
+        for group in self._groups:
+            if group.current is not None:
+                group.current.replace_wanted.set()
+                replacing += 1
+        return replacing
+
+    def wedge(self) -> None:
+        """Fault drill: the state task stops making progress (the event loop itself stays alive), so
+        the feed's heartbeat goes stale and the systemd watchdog pings stop."""
+        self._wedged = True
+
     def stop(self) -> None:
         """Stop taking in data; `run` returns once what was received has reached the router."""
         if self._producers is not None:
@@ -367,6 +382,9 @@ class BinanceFeed:
         router = self.router
         async with inbox:
             async for msg in inbox:
+                if self._wedged:
+                    log.critical("feed wedged on purpose (SIGUSR2): no progress until restarted")
+                    await trio.sleep_forever()
                 kind = type(msg)
                 if kind is _Chunk:
                     records = self._on_chunk(msg)
