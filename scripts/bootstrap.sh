@@ -9,8 +9,9 @@ want_test=0
 
 # Debian packages the test suite drives as real servers, installed only where missing: the tests
 # start their own PostgreSQL (initdb into a temp dir) and redis-server on free loopback ports.
-# (The Kafka-protocol broker, Tansu, comes from PyPI with the test extras.)
-TEST_DEBS=(postgresql redis-server)
+# tmux runs ingestd-console in a real terminal. (The Kafka-protocol broker, Tansu, comes from PyPI
+# with the test extras.)
+TEST_DEBS=(postgresql redis-server tmux)
 
 apt_install_missing() {
     local missing=()
