@@ -19,7 +19,8 @@ would measure this disk's fsync, not Redis. No RDB snapshots: a background save 
 the middle of a measurement for nothing (the AOF already holds everything).
 
 No orphans: the server is killed at session teardown (even when tests failed), at interpreter exit
-(atexit), and, should the test process itself be SIGKILLed, by the kernel (PR_SET_PDEATHSIG).
+(atexit), and, should the test process itself be SIGKILLed, by the kernel (PR_SET_PDEATHSIG, set
+from one long-lived spawner thread, since the kernel ties it to the forking thread).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +56,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+# PR_SET_PDEATHSIG fires when the THREAD that forked the child exits, not the process: a server
+# started from a short-lived thread (trio.to_thread's, say) would be killed when that thread idles
+# out. So every server is forked by this one thread, which lives as long as the process.
+_spawner: ThreadPoolExecutor | None = None
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-server-spawner")
+    return _spawner.submit(
+        subprocess.Popen, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    ).result()
 
 
 class RedisServer:
@@ -97,10 +114,7 @@ class RedisServer:
         conf.write_text(self._config())
         attempts = 1 if self.proc is not None else 5  # a first start may pick another free port
         for attempt in range(attempts):
-            self.proc = subprocess.Popen(
-                [REDIS_SERVER, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+            self.proc = _spawn([REDIS_SERVER, str(conf)])
             if self._wait_ready():
                 return self
             self.kill()
