@@ -19,8 +19,9 @@ flush), so the figures are durable rates. Each run gets a fresh database, migrat
    linger 50 ms) until the runner has drained and closed the sink: feed-side decode + pipeline +
    sink, the daemon's path minus the network.
 
-Figures are printed, never judged: compare them on the same machine. The server runs on the same
-2 cores as the client, so the sink's figures include the server's work.
+Figures are printed, never judged: compare them on the same machine, and mind the load averages
+printed around them (other work on the box moves them a lot). The server runs on the same cores as
+the client, so the sink's figures include the server's work.
 """
 
 from __future__ import annotations
@@ -210,10 +211,12 @@ def main() -> None:
     try:
         print(f"server: {server.bindir.parent.name} at {server.host}:{server.port},"
               f" {'fsync=off (not durable)' if args.fast_server else 'durable defaults (fsync=on, synchronous_commit=on)'}")
+        print("load average before: {:.2f} {:.2f} {:.2f} (on {} cores)".format(*os.getloadavg(), os.cpu_count()))
         bench = Bench(server)
         bench.sink_alone(trades)
         bench.beside_busy_thread(trades)
         bench.whole_runner(trades)
+        print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         server.destroy()
 
