@@ -8,6 +8,32 @@
 
 Nothing here imports the rest of the daemon except `ingestd.secrets`, so `ingestd db migrate`
 stays quick and works without Trio or the feeds.
+
+Schema choices
+--------------
+Time series on plain PostgreSQL: native declarative range partitioning, one partition per UTC day,
+rather than one big table with a BRIN index on `ts`. Both make "the last hour" cheap to find; they
+differ in retention, which for market data is the operation that hurts: at tens of thousands of rows a
+second, `DELETE ... WHERE ts < now() - interval '30 days'` rewrites and WAL-logs every expired row
+and leaves the dead tuples to VACUUM, hour after hour, while dropping a day partition is a catalog
+change. Partitions also keep each day's key index small and hot. The price is that a unique key must
+include the partition column, so the natural keys are (venue, symbol, trade_id, ts) etc.: still
+unique per trade, because `ts` is the venue's own time of that trade and never changes for it (a
+retried or replayed record carries the same ts and conflicts in the same partition), and exactly what
+TimescaleDB demands of hypertables too, so both modes have the same keys. Partitions are created a
+few days ahead by the maintenance job and on demand for any other day a batch carries; there is no
+DEFAULT partition (rows parked there would block creating their day's partition later). Each
+partition also gets a BRIN index on `ts` (inherited from the parent), nearly free to maintain.
+
+With TimescaleDB: the same tables become hypertables with one-day chunks, compressed after 7 days,
+with TimescaleDB's retention policy set from `retention_days`.
+
+Numbers: prices, sizes and rates are double precision. The feeds hand over IEEE doubles
+(`Trade.price: float`); float8 stores them bit-exactly in 8 fixed bytes and takes them by binary
+COPY as is, while numeric would only spell out the same binary value in decimal, in more bytes and
+slower arithmetic. Token amounts (`onchain_flows.amount`) and pool liquidity are numeric: integers
+up to 2^256 that must stay exact. Times are timestamptz (UTC instants), converted exactly from the
+records' integer microseconds on the server.
 """
 
 from __future__ import annotations
