@@ -493,8 +493,7 @@ class PostgresSink(Sink):
     def latest_book(self, venue: str, symbol: str) -> BookTop | None:
         """The stored book top with the highest update id, or None."""
         rows = self._query(
-            "SELECT venue, symbol, update_id, (extract(epoch FROM ts) * 1e6)::int8,"
-            " (extract(epoch FROM recv_ts) * 1e6)::int8, bid_px, bid_sz, ask_px, ask_sz, spread_bps,"
+            "SELECT venue, symbol, update_id, ts, recv_ts, bid_px, bid_sz, ask_px, ask_sz, spread_bps,"
             " bids::text, asks::text FROM books WHERE venue = %s AND symbol = %s ORDER BY update_id DESC LIMIT 1",
             (venue, symbol),
         )
@@ -502,7 +501,7 @@ class PostgresSink(Sink):
             return None
         v, s, update_id, ts, recv_ts, bid_px, bid_sz, ask_px, ask_sz, spread, bids, asks = rows[0]
         return BookTop(
-            venue=v, symbol=s, update_id=update_id, ts_us=ts, recv_us=recv_ts,
+            venue=v, symbol=s, update_id=update_id, ts_us=_us(ts), recv_us=_us(recv_ts),
             bid_px=bid_px, bid_sz=bid_sz, ask_px=ask_px, ask_sz=ask_sz, spread_bps=spread,
             bids=_decode_levels(bids), asks=_decode_levels(asks),
         )
@@ -608,6 +607,14 @@ def _checkpoint_arrays(checkpoints: list[Checkpoint]) -> tuple[list[str], list[s
     venues = [venue for venue, _ in highest]
     symbols = [symbol for _, symbol in highest]
     return venues, symbols, list(highest.values())
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _us(when: dt.datetime) -> int:
+    """Integer microseconds since the epoch of a timestamptz, exactly."""
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _pipeline(conn: psycopg.Connection):
