@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.integration.test_console_tmux import REPO, live_daemon  # noqa: F401  (fixture)
+from tests.integration.test_console_tmux import REPO, live_daemon  # noqa: F401  (fixture: a real `ingestd run`)
 
 
 def test_once_prints_a_plain_table(live_daemon):

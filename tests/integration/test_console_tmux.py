@@ -1,13 +1,12 @@
 """ingestd-console in a real terminal: tmux at 80x24, keys sent with send-keys, the screen read back
-with capture-pane, against a live daemon (simulator + daemon + stats socket in a helper process,
-`python -m ingestd.statsock.demo`)."""
+with capture-pane, against a real daemon: `ingestd run binance` on the simulator (tests/harness.py),
+serving its stats socket under a temporary runtime_dir as it would under /run/ingestd."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness import REPO, start_daemon, start_sim, stop_process, wait_for, write_config
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (Debian: apt-get install tmux)")
@@ -50,31 +51,30 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True, timeout=10)
 
 
+def runtime_config(tmp_path: Path, sim) -> Path:
+    """The harness's config with daemon.runtime_dir instead of an explicit daemon.stats_socket, so the
+    daemon picks <runtime_dir>/<instance>/stats.sock and the console discovers it as in production."""
+    config = write_config(tmp_path, sim, list(SYMBOLS))
+    text = re.sub(r"(?m)^stats_socket = .*\n", "", config.read_text())
+    text = text.replace("[daemon]\n", f'[daemon]\nruntime_dir = "{tmp_path / "run"}"\n', 1)
+    config.write_text(text)
+    return config
+
+
 @pytest.fixture
 def live_daemon(tmp_path):
-    ready = tmp_path / "ready"
-    log = open(tmp_path / "demo.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ingestd.statsock.demo", "--runtime-dir", str(tmp_path / "run"),
-         "--state-dir", str(tmp_path / "state"), "--shards", "1", "--symbols", "3", "--rate", "300",
-         "--ready-file", str(ready)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )
+    """A real `ingestd run binance` process; yields the runtime dir holding binance/stats.sock."""
+    sim = start_sim(tmp_path, "--symbols", ",".join(SYMBOLS), "--rate", "200")
+    daemon = start_daemon(tmp_path, runtime_config(tmp_path, sim))
+    sock = tmp_path / "run" / "binance" / "stats.sock"
     try:
-        deadline = time.monotonic() + 20
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the demo daemon did not start:\n" + (tmp_path / "demo.log").read_text())
-            time.sleep(0.05)
+        wait_for(lambda: sock.exists() or daemon.proc.poll() is not None, 20, 0.05, "the stats socket")
+        assert daemon.proc.poll() is None, daemon.log()
         yield tmp_path / "run"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop_process(daemon.proc)
+        sim.stop()
+    assert not sock.exists()  # removed on a clean stop
 
 
 def test_console_in_tmux(live_daemon):
@@ -92,7 +92,7 @@ def test_console_in_tmux(live_daemon):
 
         tmux("send-keys", "-t", "console", "Enter")
         screen = tmux.wait_for(r"Connections\s+Symbols\s+Sinks")
-        assert re.search(r"binance/0#\d+\s+up", screen)
+        assert re.search(r"binance/\d+#\d+\s+up", screen)
         tmux("send-keys", "-t", "console", "Escape")
         tmux.wait_for(r"INSTANCE\s+STATE")
 
