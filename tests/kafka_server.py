@@ -29,7 +29,9 @@ Consumer groups do not deliver on Tansu 0.6 (design notes), so every reader here
 
 No orphans: the broker is a child process that gets SIGKILL when the process that started it dies
 (PR_SET_PDEATHSIG), the fixture stops it in a `finally`, and an atexit hook stops any server a
-crashed fixture left behind.
+crashed fixture left behind. The kernel ties PR_SET_PDEATHSIG to the *thread* that forked, so every
+broker is forked by one long-lived spawner thread: a `start()` called from a short-lived thread
+(trio.to_thread's, in an outage test) would otherwise have its broker killed when that thread idles out.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,6 +80,23 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+_spawner: ThreadPoolExecutor | None = None  # forks every broker; lives as long as the process
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tansu-spawner")
+
+    def spawn() -> subprocess.Popen:
+        with open(log_path, "wb") as log:
+            return subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
+
+    return _spawner.submit(spawn).result()
+
+
 class KafkaServer:
     """One Tansu broker on 127.0.0.1:`port`, memory storage."""
 
@@ -105,14 +125,9 @@ class KafkaServer:
             return
         self._starts += 1
         url = f"tcp://127.0.0.1:{self.port}"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = _spawn(
+            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url], self.log_path
+        )
         if self not in _servers:
             _servers.append(self)
         try:

@@ -85,3 +85,17 @@ def test_the_broker_dies_with_the_process_that_started_it(tmp_path):
     while _alive(broker_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(broker_pid)
+
+
+def test_a_broker_started_from_a_short_lived_thread_outlives_it(private_kafka_server):
+    """PR_SET_PDEATHSIG follows the forking thread: trio.to_thread's threads idle out, brokers must not."""
+    import threading
+
+    server = private_kafka_server
+    server.stop()
+    worker = threading.Thread(target=server.start)
+    worker.start()
+    worker.join()  # the thread that asked for the start is gone
+    time.sleep(0.3)
+    assert server.running and _alive(server.proc.pid)
+    assert server.read_all(server.unique_topic("alive")) == []
