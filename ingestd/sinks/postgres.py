@@ -63,7 +63,7 @@ from psycopg import errors as pg_errors
 
 from ingestd.db import connect, describe_target, maintenance
 from ingestd.db.maintenance import EPOCH_DAY, MAX_DAY_NUMBER, MIN_DAY_NUMBER, US_PER_DAY, run_maintenance
-from ingestd.db.migrate import migrate
+from ingestd.db.migrate import MigrationError, migrate
 from ingestd.model import BookTop, Checkpoint, Record, Trade
 from ingestd.sinks.base import Sink, SinkError
 from ingestd.stats import StatsRegistry
@@ -193,25 +193,32 @@ class PostgresSink(Sink):
                 return
             conn = self._connect()
             try:
-                result = migrate(conn, self.cfg.timescale)
-                self.mode, self.schema_version = result.mode, result.version
-                self._prepare_session(conn)
-                self._asset_ids = dict(conn.execute("SELECT symbol, asset_id FROM assets").fetchall())
-                conn.commit()
+                applied = self._set_up(conn)
                 self._maintain(conn)
             except psycopg.Error as exc:
                 _close_quietly(conn)
-                raise SinkError(f"{self.name}: cannot prepare {self.target}: {exc}") from exc
+                raise SinkError(f"{self.name}: cannot prepare {self.target}: {_one_line(exc)}") from exc
             except BaseException:  # MigrationError (the config contradicts the database): not retriable
                 _close_quietly(conn)
                 raise
             self._conn = conn
             self._opened = True
-        applied = ", ".join(m.label for m in result.applied) or "none"
         logger.info(
             "sink %s: opened %s (%s, schema v%d; migrations applied: %s)",
-            self.name, self.target, self.mode, self.schema_version, applied,
+            self.name, self.target, self.mode, self.schema_version, ", ".join(applied) or "none",
         )
+
+    def _set_up(self, conn: psycopg.Connection) -> list[str]:
+        """Migrate, prepare the session, (re)load the asset ids; returns the migrations applied.
+
+        Also run on every reconnect: a database restored from a backup or recreated while the
+        daemon ran gets its schema back, and asset ids are never taken from the old one."""
+        result = migrate(conn, self.cfg.timescale)
+        self.mode, self.schema_version = result.mode, result.version
+        self._prepare_session(conn)
+        self._asset_ids = dict(conn.execute("SELECT symbol, asset_id FROM assets").fetchall())
+        conn.commit()
+        return [m.label for m in result.applied]
 
     def close(self) -> None:
         with self._lock:
@@ -246,10 +253,13 @@ class PostgresSink(Sink):
             raise SinkError(f"{self.name}: sink is not open")
         conn = self._connect()
         try:
-            self._prepare_session(conn)
-        except psycopg.Error as exc:
+            self._set_up(conn)
+        except (psycopg.Error, MigrationError) as exc:
             _close_quietly(conn)
-            raise SinkError(f"{self.name}: cannot prepare the connection to {self.target}: {exc}") from exc
+            raise SinkError(f"{self.name}: cannot prepare the connection to {self.target}: {_one_line(exc)}") from exc
+        except BaseException:
+            _close_quietly(conn)
+            raise
         self._conn = conn
         logger.info("sink %s: reconnected to %s", self.name, self.target)
         return conn

@@ -476,3 +476,22 @@ def test_maintenance_gives_up_quickly_on_a_busy_table(pg_database: Database, mon
     with psycopg.connect(pg_database.conninfo) as conn:
         report = run_maintenance(conn, 30, now=later)  # the next run does it all
     assert report.problems == [] and len(report.created) == 5 * 3
+
+
+def test_a_database_recreated_behind_the_sinks_back_gets_its_schema_and_fresh_asset_ids(
+    pg_database: Database, sql
+) -> None:
+    s = PostgresSink("pg", config(pg_database))
+    s.open()
+    try:
+        s.write([trade(1, "AAA"), trade(1, "BBB")])
+        sql("DROP TABLE ticks, books, assets, checkpoints, schema_migrations CASCADE")
+        sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'ingestd' AND datname = current_database()")
+        with pytest.raises(SinkError):
+            s.write([trade(2, "BBB")])  # the connection was cut
+        s.write([trade(2, "BBB")])  # reconnects, migrates again, reloads asset ids
+        assert s.trade_ids("binance", "BBB") == [2]
+        assert sql("SELECT t.asset_id = a.asset_id FROM ticks t JOIN assets a USING (symbol)") == [(True,)]
+    finally:
+        s.close()
