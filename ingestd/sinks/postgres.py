@@ -32,8 +32,9 @@ the offending records are found; those are refused with the server's message. An
 with the input (a record of the wrong type) is a bug and raises.
 
 Connection loss: any error that leaves the connection broken raises SinkError and drops the
-connection; the next `write()` reconnects first (one attempt, `connect_timeout_s`), and raises
-SinkError again while the server is away. The sink never sleeps: the pipeline's backoff spaces the
+connection; the next `write()` reconnects first (one attempt, `connect_timeout_s`; the new session
+is migrated and reloads the asset ids, in case the database was restored or recreated meanwhile),
+and raises SinkError again while the server is away. The sink never sleeps: the pipeline's backoff spaces the
 attempts and its spool holds the batches meanwhile. A batch whose COMMIT was cut off may or may not
 be stored; writing it again is harmless.
 
