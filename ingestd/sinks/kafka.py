@@ -158,6 +158,13 @@ class _QuietCancelledRefresh(logging.Filter):
 
 logging.getLogger("kafka.cluster").addFilter(_QuietCancelledRefresh())
 
+# kafka-python logs every refused connection and metadata retry at WARNING/ERROR: ~75 lines for a 6 s
+# broker outage. The sink reports each failure once, as the SinkError the pipeline logs (rate
+# limited) with kafka-python's reason in it. So, unless someone configured the "kafka" logger
+# already, only its CRITICAL lines pass; set its level (e.g. to DEBUG) to see them all again.
+if logging.getLogger("kafka").level == logging.NOTSET:
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
 CHECKPOINTS_TOPIC = "ingestd.checkpoints"
 DEFAULT_DEDUP_WINDOW = 200_000
 DEFAULT_TAIL_PER_PARTITION = 20_000
