@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import re
 import time
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def test_daemon_rides_out_a_database_outage_and_a_kill_9_storing_every_trade_onc
         time.sleep(3)
         assert first.proc.poll() is None, first.log()
         server.start()
-        wait_for(lambda: "write succeeded after" in first.log(), 20, what="the sink to recover")
+        recovered = re.compile(r"write succeeded after|back after \d+ failed attempts; replaying")
+        wait_for(lambda: recovered.search(first.log()), 20, what="the sink to recover")
         first.proc.kill()  # SIGKILL: no flush, no goodbye
         first.proc.wait()
         time.sleep(2)  # the market moves on while the daemon is down
