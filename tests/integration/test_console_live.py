@@ -148,7 +148,12 @@ async def _two_live_instances(tmp_path: Path):
             await press(pilot, "4")
             await until(pilot, lambda: screen.query_one("TabbedContent").active == "alerts", what="alerts tab")
             alerts = screen.query_one("#alerts-table")
-            assert [str(c) for c in alerts.get_row_at(0)[:3]] == ["firing", "SinkWriteErrors sink=local", "error"]
+
+            def rows():
+                return [tuple(str(c) for c in alerts.get_row_at(i)[:3]) for i in range(alerts.row_count)]
+
+            # (It may already have resolved on a busy machine: the history keeps the firing entry.)
+            assert ("firing", "SinkWriteErrors sink=local", "error") in rows()
             # No more errors: after its window the alert resolves, and the history keeps both states.
             await until(pilot, lambda: alerts.row_count == 2, what="alert history")
             assert [str(alerts.get_row_at(i)[0]) for i in range(2)] == ["resolved", "firing"]
