@@ -87,4 +87,5 @@ async def _start_or_log(nursery: trio.Nursery, what: str, fn) -> None:
     except OSError as exc:
         log.error(f"{what} not started; ingestion continues without it", extra={"error": str(exc)})
     else:
-        log.info(f"{what} listening", extra={"at": where})
+        if what == "HTTP server":  # the stats socket logs its own path
+            log.info("HTTP server listening", extra={"port": where})
