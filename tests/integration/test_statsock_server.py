@@ -102,23 +102,28 @@ async def test_subscribe_sends_a_snapshot_then_one_per_interval(tmp_path, regist
     path = tmp_path / "stats.sock"
     async with trio.open_nursery() as nursery:
         await start(nursery, registry, path)
-        client = await Client.open(path)
+        slow = await Client.open(path)
         t0 = trio.current_time()
-        await client.send(p.SubscribeRequest(interval_ms=100, id="s"))
-        first = await client.receive()
-        assert first.id == "s" and first.interval_ms == 100
-        assert trio.current_time() - t0 < 0.09  # the first one at once
+        await slow.send(p.SubscribeRequest(interval_ms=2000, id="s"))
+        first = await slow.receive()
+        assert first.id == "s" and first.interval_ms == 2000
+        assert trio.current_time() - t0 < 1.0  # at once, not after the interval
+
+        client = await Client.open(path)
+        await client.send(p.SubscribeRequest(interval_ms=100))
+        await client.receive()
         times, trades = [], []
-        for i in range(4):
+        for i in range(5):
             registry.incr("binance.trades")
-            msg = await client.receive(timeout=1)
-            assert isinstance(msg, p.Snapshot) and msg.interval_ms == 100
+            msg = await client.receive(timeout=2)
+            assert isinstance(msg, p.Snapshot) and msg.interval_ms == 100 and msg.id is None
             times.append(trio.current_time())
             trades.append(msg.data["counters"]["binance.trades"])
         gaps = [b - a for a, b in zip(times, times[1:])]
-        assert all(0.06 < g < 0.2 for g in gaps), gaps
+        assert 0.07 < sum(gaps) / len(gaps) < 0.2 and max(gaps) < 0.5, gaps
         assert trades == sorted(trades) and trades[-1] > 5  # updates are fresh
         await client.aclose()
+        await slow.aclose()
         nursery.cancel_scope.cancel()
 
 
@@ -141,10 +146,9 @@ async def test_one_snapshot_per_interval_is_shared_by_all_subscribers(tmp_path):
         for c in clients:
             await c.receive()
         CountingRegistry.calls = 0
-        for _ in range(3):
-            for c in clients:
-                await c.receive(timeout=1)
-        assert CountingRegistry.calls <= 4  # 3 ticks (one in flight at most), not 15
+        updates = [{(await c.receive(timeout=2)).data["now_us"] for _ in range(4)} for c in clients]
+        assert len(set.intersection(*updates)) >= 2  # the very same snapshots went to everyone
+        assert CountingRegistry.calls <= 6  # one per tick (4, and one in flight, one spare), not 20
         for c in clients:
             await c.aclose()
         nursery.cancel_scope.cancel()
@@ -217,7 +221,7 @@ async def test_a_slow_subscriber_is_dropped_and_others_keep_their_cadence(tmp_pa
         while trio.current_time() - t0 < 1.5:
             await fast.receive(timeout=0.5)  # never stalls behind the slow one
             received += 1
-        assert received >= 10
+        assert received >= 7
         # The slow one was dropped: once it drains what is queued, it sees EOF.
         slow.setblocking(False)
         with trio.fail_after(5):
