@@ -17,6 +17,7 @@ so the next start refetches it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import signal
 from functools import partial
@@ -138,6 +139,9 @@ class Instance:
                 feed_done.set()
 
         await nursery.start(run_feed)
+        # Everything allocated so far (modules, clients, schemas) lives as long as the process: take
+        # it out of the collector's reach, so full collections stop pausing every thread for 10-40 ms.
+        gc.freeze()
         log.info("instance started", extra={"instance": self.instance, "sinks": ",".join(self.feed_cfg.sinks)})
         aux = trio.CancelScope()  # services that end when draining starts
 
