@@ -155,6 +155,7 @@ class SinkRunner:
         self._finished = False  # run() is over: producers get BrokenResourceError
         self._writer_done = False
         self._sink_open = False
+        self._sink_ok = True  # the last sink call succeeded: required before handing back to live
         self._spool_open = False
         self._shutdown_at = math.inf
         self._shutdown_set = trio.Event()
@@ -176,6 +177,7 @@ class SinkRunner:
         )}
         self.state = "live"
         stats.set_gauge(self._state_gauge, STATES["live"])
+        self.spool_blocked = False  # a "block" spool is full and refuses the batch the spooler holds
         self._unreported_failures = 0
         self._next_warning_at = -math.inf
         self._next_spool_error_at = -math.inf
@@ -188,7 +190,9 @@ class SinkRunner:
         replay until every producer is closed and everything is stored or spooled; close, return.
 
         A sink that cannot be opened (SinkError) is not fatal with a spool: the runner starts
-        diverted and keeps trying. A spool left from a previous run is replayed before live data."""
+        diverted and keeps trying. A spool left from a previous run is replayed before live data.
+        A drain keeps trying a failing sink until `set_shutdown_deadline`'s deadline; without one,
+        for as long as it takes (as a runner without a spool always does)."""
         try:
             if self.spool is not None:
                 await trio.to_thread.run_sync(self.spool.open, limiter=self._spool_thread)
@@ -202,6 +206,7 @@ class SinkRunner:
                 if self.spool is None:
                     raise
                 self.stats.incr(self._write_errors)
+                self._sink_ok = False
                 self._divert(f"it cannot be opened ({exc})")
             self.stats.heartbeat(self._component)
             task_status.started()
@@ -340,10 +345,12 @@ class SinkRunner:
         self._spooler_lot.unpark_all()
 
     def _try_resume_live(self) -> bool:
-        """Back to live if the spool is empty, no append is in flight and `pending` fits the queue.
-        Synchronous: `pending` becomes the live batch and queue in one step, in order."""
+        """Back to live if the sink took the last write, the spool is empty, no append is in flight
+        and `pending` fits the queue. Synchronous: `pending` becomes the live batch and queue in one
+        step, in order. (Without the first condition a sink that is down, with little pending, would
+        bounce between live and diverted and never spool.)"""
         assert self.spool is not None
-        if not self._sink_open or not self.spool.is_empty or self._spooling_batch is not None:
+        if not (self._sink_open and self._sink_ok) or not self.spool.is_empty or self._spooling_batch is not None:
             return False
         if len(self._pending) > self.capacity:
             return False
@@ -419,29 +426,31 @@ class SinkRunner:
     async def _write_live(self, batch: list[Record]) -> None:
         """Store one batch. Without a spool, retry the very same batch until the sink takes it. With
         one, retry for `spool_after_s`, then divert (the batch goes to the spool first)."""
+        # `_inflight` is cleared only once the batch is stored or in the spool's hands: if this is
+        # cancelled, the exit path (`_spool_what_is_left`) still finds it.
         self._inflight, self._inflight_spooled = batch, False
         backoff = Backoff(self.retry_base_s, self.retry_cap_s)
         give_up_at = trio.current_time() + self.spool_after_s
-        try:
-            while True:
-                try:
-                    # Not abandon_on_cancel: a sink call always finishes, so calls never overlap.
-                    await trio.to_thread.run_sync(self.sink.write, batch, limiter=self._sink_thread)
-                    break
-                except SinkError as exc:
-                    self.stats.incr(self._write_errors)
-                    if self._diverted:
-                        return  # a copy is in the spool's hands; replay takes over
+        while True:
+            try:
+                # Not abandon_on_cancel: a sink call always finishes, so calls never overlap.
+                await trio.to_thread.run_sync(self.sink.write, batch, limiter=self._sink_thread)
+                self._sink_ok = True
+                break
+            except SinkError as exc:
+                self.stats.incr(self._write_errors)
+                self._sink_ok = False
+                if not self._diverted:
                     delay = backoff.next_delay()
                     if self.spool is not None and trio.current_time() + delay >= give_up_at:
                         self._divert(f"writes failed for {self.spool_after_s:g}s ({exc})")
-                        return
-                    self._warn_write_failed(exc, len(batch), delay)
-                    await self._nap(delay, lambda: self._diverted)
-                    if self._diverted:
-                        return
-        finally:
-            self._inflight = None
+                    else:
+                        self._warn_write_failed(exc, len(batch), delay)
+                        await self._nap(delay, lambda: self._diverted)
+                if self._diverted:
+                    self._inflight = None  # a copy is in the spool's hands; replay takes over
+                    return
+        self._inflight = None
         if backoff.attempt:
             logger.info("sink %s: write succeeded after %d failed attempts", self.sink.name, backoff.attempt)
         self._record_stored_latency(batch)
@@ -449,7 +458,7 @@ class SinkRunner:
 
     async def _replay(self) -> bool:
         """Diverted: store the spool, oldest first, then hand back to live (True). False: stop now
-        (the shutdown deadline passed, or the sink fails while the runner drains)."""
+        (the shutdown deadline passed)."""
         assert self.spool is not None
         backoff = Backoff(self.retry_base_s, self.retry_cap_s)
         while not self._giving_up:
@@ -468,17 +477,17 @@ class SinkRunner:
                 if batch is None:
                     continue
                 await trio.to_thread.run_sync(self.sink.write, batch, limiter=self._sink_thread)
+                self._sink_ok = True
             except SinkError as exc:
                 self.stats.incr(self._write_errors)
+                self._sink_ok = False
                 self._set_state("spooling")
-                if self._closing:
-                    logger.warning("sink %s: still failing while draining (%s); its spool is kept for the next start",
-                                   self.sink.name, exc)
-                    return False
+                # Draining or not, keep trying: the shutdown deadline (set_shutdown_deadline) is what
+                # stops a drain, leaving the rest in the spool for the next start.
                 delay = backoff.next_delay()
                 self._warn_write_failed(exc, None, delay)
                 self.stats.heartbeat(self._component)  # waiting for the sink while spooling is healthy
-                await self._nap(delay, lambda: self._giving_up or self._closing)
+                await self._nap(delay, lambda: self._giving_up)
                 continue
             await trio.to_thread.run_sync(self.spool.commit, limiter=self._spool_thread)
             if backoff.attempt:
@@ -547,11 +556,9 @@ class SinkRunner:
                     await self._spooler_lot.park()
                 continue
             batch = self._take_pending()
-            self._spooling_batch = batch
-            try:
-                await self._append(batch)
-            finally:
-                self._spooling_batch = None
+            self._spooling_batch = batch  # left set if cancelled: the exit path appends it first
+            await self._append(batch)
+            self._spooling_batch = None
             self._writer_lot.unpark_all()
 
     def _take_pending(self) -> list[Record]:
@@ -575,6 +582,7 @@ class SinkRunner:
                     self.stats.incr(self._c["spooled_batches"])
                     self.stats.incr(self._c["spooled_records"], len(batch))
                     if blocked:
+                        self.spool_blocked = False
                         logger.info("sink %s: the spool has room again", self.sink.name)
                     return True
                 error = None
@@ -582,6 +590,7 @@ class SinkRunner:
                 self.stats.incr(self._c["append_errors"])
                 error = exc
             if self._writer_done or self._giving_up:
+                self.spool_blocked = False
                 self.stats.incr(self._c["refused_records"], len(batch))
                 logger.warning(
                     "sink %s: %d records could not be spooled (%s) and are dropped; nothing after them was"
@@ -598,7 +607,7 @@ class SinkRunner:
                     await self._spool_room_lot.park()
                 continue
             if not blocked:
-                blocked = True
+                blocked = self.spool_blocked = True
                 logger.warning(
                     "sink %s: spool full (spool_when_full = block): holding %d records in memory; the feed"
                     " waits once %d chunks are pending",

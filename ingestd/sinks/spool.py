@@ -197,7 +197,7 @@ class Spool:
 
     @property
     def is_empty(self) -> bool:
-        return self._bytes - self._read_offset <= 0
+        return self._peeked is None and self._bytes - self._read_offset <= 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -357,40 +357,42 @@ class Spool:
         return True
 
     def _make_room(self, need: int) -> bool:
-        if self._bytes + need <= self.max_bytes:
-            return True
-        if self.is_empty:
-            if self._segments:  # only consumed bytes left: start over
-                self._drop_head_segment(count=False)
-                return self._make_room(need)
-            logger.warning(
-                "spool %s: one batch of %d bytes is larger than spool_max_bytes (%d); spooling it anyway",
-                self.name, need, self.max_bytes,
-            )
-            return True
-        if self.when_full == "block":
-            return False
-        while self._bytes + need > self.max_bytes and not self.is_empty:
+        while self._bytes + need > self.max_bytes:
+            if self._bytes - self._read_offset <= 0:  # nothing unconsumed on disk
+                if self._segments:  # only consumed bytes left: start over
+                    self._drop_head_segment(count=False)
+                    continue
+                logger.warning(
+                    "spool %s: one batch of %d bytes is larger than spool_max_bytes (%d); spooling it anyway",
+                    self.name, need, self.max_bytes,
+                )
+                return True
+            if self.when_full == "block":
+                return False
             self._drop_head_segment(count=True)
-        return self._make_room(need)
+        return True
 
     def _drop_head_segment(self, *, count: bool) -> None:
-        """drop_oldest: discard the oldest segment's unconsumed entries, whole."""
+        """Discard the oldest segment, whole (drop_oldest), except the entry being replayed: that one
+        stays in memory until it is committed (so the loss is one contiguous stretch, all counted)."""
         head = self._segments[0]
+        pinned = self._peeked if self._peeked is not None and self._peeked[0] == head.seg_id else None
         if len(self._segments) == 1:
             self._close_tail()  # the next append starts a new segment
         if count:
-            batches, records = self._count_entries(head, self._read_offset)
-            nbytes = head.size - self._read_offset
+            start = self._read_offset + (pinned[2] if pinned else 0)
+            batches, records = self._count_entries(head, start)
             if self._stats is not None:
                 self._stats.incr(self._dropped_records, records)
                 self._stats.incr(self._dropped_batches, batches)
             logger.warning(
                 "spool %s: full (spool_when_full = drop_oldest): dropped the oldest %d records"
                 " (%d batches, %d bytes); this sink will never get them",
-                self.name, records, batches, nbytes,
+                self.name, records, batches, head.size - start,
             )
         self._remove_head()
+        if pinned:
+            self._peeked = (-1, -1, pinned[2], pinned[3])  # commit() just forgets it
 
     def _count_entries(self, seg: _Segment, offset: int) -> tuple[int, int]:
         fd = self._read_fd(seg)
@@ -508,7 +510,8 @@ class Spool:
         head = self._segments.pop(0)
         if not self._segments:
             self._close_tail()
-        self._peeked = None
+        if self._peeked is not None and self._peeked[0] == head.seg_id:
+            self._peeked = None
         fd = self._read_fds.pop(head.seg_id, None)
         if fd is not None:
             os.close(fd)

@@ -289,15 +289,30 @@ def test_drop_oldest_drops_whole_oldest_segments_counts_and_logs(
     spool = make(tmp_path, stats, max_bytes=8 * ONE, segment_bytes=2 * ONE, when_full="drop_oldest")
     for i in range(8):
         spool.append(batch_n(i))
-    assert spool.peek() == batch_n(0)
     with caplog.at_level(logging.WARNING, logger="ingestd.spool"):
         for i in range(8, 11):
             assert spool.append(batch_n(i)), "drop_oldest never refuses"
             assert spool.bytes <= spool.max_bytes
-    spool.commit()  # the entry peeked before the drop is gone: committing it is a no-op
     assert stats.counters["spool.pg.dropped_records"] == 80
     assert stats.counters["spool.pg.dropped_batches"] == 4
     assert sum("dropped the oldest 40 records" in r.getMessage() for r in caplog.records) == 2
+    assert drain(spool) == [batch_n(i) for i in range(4, 11)]
+
+
+def test_drop_oldest_spares_the_batch_being_replayed(tmp_path: Path, stats: StatsRegistry) -> None:
+    """The writer may be storing the peeked batch right now: dropping it would leave a stored batch
+    inside the dropped stretch and a wrong count. It stays in memory until committed."""
+    spool = make(tmp_path, stats, max_bytes=8 * ONE, segment_bytes=2 * ONE, when_full="drop_oldest")
+    for i in range(8):
+        spool.append(batch_n(i))
+    assert spool.peek() == batch_n(0)
+    spool.append(batch_n(8))  # drops the segment holding entries 0 and 1: only 1 counts
+    spool.append(batch_n(9))
+    spool.append(batch_n(10))  # drops 2 and 3
+    assert stats.counters["spool.pg.dropped_records"] == 60
+    assert not spool.is_empty
+    assert spool.peek() == batch_n(0), "still the same batch"
+    spool.commit()
     assert drain(spool) == [batch_n(i) for i in range(4, 11)]
 
 
