@@ -445,7 +445,7 @@ class SinkRunner:
                     if self.spool is not None and trio.current_time() + delay >= give_up_at:
                         self._divert(f"writes failed for {self.spool_after_s:g}s ({exc})")
                     else:
-                        self._warn_write_failed(exc, len(batch), delay)
+                        self._warn_write_failed(exc, f"write of {len(batch)} records", delay)
                         await self._nap(delay, lambda: self._diverted)
                 if self._diverted:
                     self._inflight = None  # a copy is in the spool's hands; replay takes over
@@ -480,12 +480,13 @@ class SinkRunner:
                 self._sink_ok = True
             except SinkError as exc:
                 self.stats.incr(self._write_errors)
+                what = f"write of {len(batch)} spooled records" if self._sink_open else "opening the sink"
                 self._sink_ok = False
                 self._set_state("spooling")
                 # Draining or not, keep trying: the shutdown deadline (set_shutdown_deadline) is what
                 # stops a drain, leaving the rest in the spool for the next start.
                 delay = backoff.next_delay()
-                self._warn_write_failed(exc, None, delay)
+                self._warn_write_failed(exc, what, delay)
                 self.stats.heartbeat(self._component)  # waiting for the sink while spooling is healthy
                 await self._nap(delay, lambda: self._giving_up)
                 continue
@@ -512,12 +513,11 @@ class SinkRunner:
         finally:
             self._replay_waiting = False
 
-    def _warn_write_failed(self, exc: SinkError, size: int | None, delay: float) -> None:
+    def _warn_write_failed(self, exc: SinkError, what: str, delay: float) -> None:
         self._unreported_failures += 1
         now = trio.current_time()
         if now < self._next_warning_at:
             return
-        what = f"write of {size} records" if size is not None else "replay from the spool"
         logger.warning(
             "sink %s: %s failed (%d failures since the last warning), retrying in %.2fs: %s",
             self.sink.name,

@@ -29,6 +29,7 @@ import trio
 from ingestd.config import ConfigError, load_config
 from ingestd.pipeline import Router, SinkRunner
 from ingestd.sinks import build_sink
+from ingestd.sinks.spool import spool_dir_for
 from ingestd.stats import StatsRegistry
 from ingestd.systemd import Notifier
 
@@ -98,7 +99,9 @@ class Instance:
                 batch_size=daemon.batch_size,
                 linger_s=daemon.linger_ms / 1000,
                 capacity=daemon.channel_capacity,
-                spool_dir=state_dir / "spool" / sink.name,
+                # <state_dir>/spool/<sink>/<instance>: the shards of a feed share the state dir and
+                # the sink names, and a spool has exactly one owner (it is flock()ed).
+                spool_dir=spool_dir_for(state_dir, sink.name, instance),
                 spool_max_bytes=config.sinks[sink.name].spool_max_bytes,
                 spool_when_full=config.sinks[sink.name].spool_when_full,
             )
@@ -125,7 +128,12 @@ class Instance:
     async def _start(self, nursery: trio.Nursery, stop: trio.Event, work: trio.CancelScope, on_started, ops) -> None:
         for runner in self.runners:
             await nursery.start(runner.run)
-        points = [await trio.to_thread.run_sync(sink.resume_points, self.family) for sink in self.sinks]
+        # Resume from the MINIMUM per symbol over the sinks, not from one of them: a sink that was
+        # down must not be skipped over, or the trades it missed would never reach it (the others
+        # skip the repeats on their natural keys). A sink returning {} (never checkpointed, or one
+        # that cannot be read back) takes no part. A sink that is down right now answers from the
+        # checkpoints in its spool (`SinkRunner.resume_points`), a lower bound of what it will hold.
+        points = [await runner.resume_points(self.family) for runner in self.runners]
         resume = minimum_resume_points([p for p in points if p])
         if resume:
             log.info("resuming from stored checkpoints", extra={"symbols": len(resume)})
@@ -163,7 +171,12 @@ class Instance:
             await stop.wait()
             self.notifier.stopping()
             aux.cancel()
-            work.deadline = trio.current_time() + self.config.daemon.shutdown_timeout_s
+            timeout = self.config.daemon.shutdown_timeout_s
+            work.deadline = trio.current_time() + timeout
+            # The runners give up on their sinks a little earlier and spool what they still hold
+            # (quick appends), so the hard deadline does not cut them off with data in memory.
+            for runner in self.runners:
+                runner.set_shutdown_deadline(work.deadline - min(1.0, timeout / 4))
             feed.stop()
             await feed_done.wait()
             await self.router.aclose()
