@@ -23,7 +23,9 @@ it back. `destroy()` stops it and deletes the temp dir.
 An orphaned postmaster is prevented three ways: the session fixture's finalizer destroys the server
 even when tests fail; an `atexit` hook destroys every server this process started (covers scripts
 such as the benchmark); and the postmaster is started with the Linux parent-death signal set to
-SIGQUIT, so even a `kill -9` of pytest takes it down (immediate shutdown, its backends follow).
+SIGQUIT, so even a `kill -9` of pytest takes it down (immediate shutdown, its backends follow). That
+signal follows the thread that forked, so every start forks from one lasting spawner thread: a
+restart from a short-lived thread (a trio worker thread, say) does not die with that thread.
 
 Speed: test servers run with `fsync=off` (commits still reach the kernel, so even a killed postmaster
 loses nothing committed; only a machine crash could); `PgServer(durable=True)` keeps PostgreSQL's
@@ -44,19 +46,23 @@ test left it down). Set INGESTD_TEST_PG_BINDIR to use another PostgreSQL install
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import ctypes
 import glob
 import itertools
 import os
 import pwd
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 import pytest
@@ -101,6 +107,36 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+_spawn_requests: "queue.Queue[tuple[Callable[[], subprocess.Popen], concurrent.futures.Future]]" = queue.Queue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn_from_lasting_thread(start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    """Run `start` on one daemon thread that lives as long as the process.
+
+    The parent-death signal fires when the *thread* that forked the child exits, so a postmaster
+    started (or restarted) from a short-lived thread, such as a trio worker thread, would die with
+    that thread. Forking from one lasting thread ties it to the process instead."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_serve_spawns, name="pg-server-spawner", daemon=True)
+            _spawner.start()
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    _spawn_requests.put((start, done))
+    return done.result()
+
+
+def _serve_spawns() -> None:
+    while True:
+        start, done = _spawn_requests.get()
+        try:
+            done.set_result(start())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
 
 
 _live: list["PgServer"] = []
@@ -199,9 +235,11 @@ class PgServer:
             args += ["-c", f"{key}={value}"]
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent, **self._popen_kwargs(),
+            self.proc = _spawn_from_lasting_thread(
+                lambda: subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent, **self._popen_kwargs(),
+                )
             )
         finally:
             log.close()
