@@ -11,10 +11,10 @@ batch is stored (see "Idempotency" below).
 Idempotency, and the fast path: `INSERT ... ON CONFLICT (key) DO NOTHING` costs ~3 µs a row on the
 server for its speculative insertion (bench/postgres_sink.py, durable server, batches of 5000-20000
 new trades: 72-88k rows/s with ON CONFLICT alone, 105-133k with a plain INSERT). Most batches hold
-only new rows, so the sink first moves the rows with a
-plain INSERT; if any row is already stored (a retry, a spool replay, another writer, a duplicate
-inside the batch) PostgreSQL raises unique_violation, the whole transaction is rolled back and the
-batch is written again with `ON CONFLICT DO NOTHING`. Replays come in runs, so after such a batch the
+only new rows, so the sink first moves the rows with a plain INSERT; if any row is already stored (a
+retry, a spool replay, another writer, a duplicate inside the batch) PostgreSQL raises
+unique_violation, the whole transaction is rolled back and the batch is written again with
+`ON CONFLICT DO NOTHING`. Replays come in runs, so after such a batch the
 sink stays with ON CONFLICT until a batch turns out to hold no duplicate. What ends up stored is
 exactly what ON CONFLICT DO NOTHING alone stores; `optimistic=False` turns the fast path off. (Each
 fallback leaves one "duplicate key" ERROR line in the server log.)
@@ -35,8 +35,8 @@ with the input (a record of the wrong type) is a bug and raises.
 Connection loss: any error that leaves the connection broken raises SinkError and drops the
 connection; the next `write()` reconnects first (one attempt, `connect_timeout_s`; the new session
 is migrated and reloads the asset ids, in case the database was restored or recreated meanwhile),
-and raises SinkError again while the server is away. The sink never sleeps: the pipeline's backoff spaces the
-attempts and its spool holds the batches meanwhile. A batch whose COMMIT was cut off may or may not
+and raises SinkError again while the server is away. The sink never sleeps: the pipeline's backoff
+spaces the attempts and its spool holds the batches meanwhile. A batch whose COMMIT was cut off may or may not
 be stored; writing it again is harmless.
 
 Maintenance: `ingestd.db.run_maintenance` (partitions ahead, retention) runs in `open()` and then
