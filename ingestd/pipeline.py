@@ -50,12 +50,15 @@ disconnects us is reconnected, and gaps are refetched (backfill/resume). `drop_o
 retried until it is stored, and nothing overtakes it.
 
 Shutdown. When every Router attached to a runner is closed, the runner drains: it writes what it
-holds (or spools it, if the sink fails) and replays the spool while the sink takes it, then closes
-the sink and returns. `set_shutdown_deadline(t)` bounds that: at trio time `t` the runner stops
-writing to the sink and appends whatever it still holds in memory to the spool (one quick append
-per batch); the next start replays the spool before any live data. Cancellation (the supervisor's
-hard deadline, a second signal) ends it at once, after the sink write in flight (a thread cannot be
-abandoned halfway) and after one last shielded, time-bounded append of what is still in memory.
+holds (or spools it, if the sink keeps failing) and replays its spool, retrying a failing sink,
+then closes the sink and returns. `set_shutdown_deadline(t)` bounds that (the supervisor sets it a
+little before its own hard deadline): at trio time `t` the runner stops writing to the sink and
+appends whatever it holds in memory to the spool (one quick append per batch); chunks a feed still
+drains into it after `t` are spooled too. The next start replays the spool before any live data.
+Cancellation (the hard deadline, a second signal) ends it at once, after the sink write in flight
+(a thread cannot be abandoned halfway) and after one last shielded, time-bounded append of what is
+still in memory. Only a "block" spool that is full loses that remainder (logged, counted as
+`spool.<sink>.refused_records`): it is the newest data, never checkpointed, so resume refetches it.
 """
 
 from __future__ import annotations
@@ -542,7 +545,9 @@ class SinkRunner:
         """Append `pending` to the spool in order, in batches of about `batch_size` records."""
         while True:
             if not self._pending:
-                if self._writer_done and (self._closing or self._giving_up):
+                # Past the shutdown deadline the writer stops, but the feed may still be draining
+                # into the router: keep spooling until every producer has closed.
+                if self._writer_done and self._closing:
                     return
                 await self._spooler_lot.park()
                 continue

@@ -919,3 +919,29 @@ async def test_resume_is_the_minimum_over_sinks_so_a_sink_that_was_down_is_refil
             down.open()
         for runner in runners:
             runner.set_shutdown_deadline(trio.current_time())
+
+
+@pytest.mark.trio
+async def test_past_the_shutdown_deadline_a_feed_still_draining_is_spooled_not_broken(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    stats = StatsRegistry("test")
+    sink = FlakySqlite("pg", tmp_path / "db.sqlite", stats)
+    sink.down = True
+    runner = spooled_runner(sink, stats, tmp_path / "spool", spool_after_s=3600.0)
+    stream = Stream()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        async with Router([runner]) as router:
+            await router.send(stream.chunk(10))
+            runner.set_shutdown_deadline(trio.current_time() + 1.0)
+            await trio.sleep(2.0)  # the deadline passes while the feed is still draining
+            for _ in range(5):
+                await router.send(stream.chunk(10))  # must not raise BrokenResourceError
+            await eventually(lambda: stats.counters["spool.pg.spooled_records"] == 6 * 12, "spooling the rest")
+    sink.down = False
+    runner2 = spooled_runner(sink, StatsRegistry("test"), tmp_path / "spool")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner2.run)
+        await Router([runner2]).aclose()
+    assert sink.violations == [] and sink.stored() == stream.expected()
