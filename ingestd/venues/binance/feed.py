@@ -500,8 +500,11 @@ class BinanceFeed:
     def _book_top(self, symbol: str, book: LocalBook) -> BookTop:
         bids, asks = book.top(self.cfg.book_levels)
         (bp, bs), (ap, az) = bids[0], asks[0]
+        received = now_us()
+        # A book fresh from a REST snapshot has applied no diff yet, so no exchange time: use ours.
+        ts_us = book.last_event_ms * 1000 or received
         return BookTop(
-            VENUE, symbol, book.last_update_id, book.last_event_ms * 1000, now_us(),
+            VENUE, symbol, book.last_update_id, ts_us, received,
             bp, bs, ap, az, spread_bps(bp, ap), bids, asks,
         )
 
