@@ -433,9 +433,10 @@ def spooled_runner(sink: Sink, stats: StatsRegistry, spool_dir: Path, **kw) -> S
     return SinkRunner(sink, stats, spool_dir=spool_dir, spool_fsync=False, **kw)
 
 
-async def eventually(predicate, what: str = "condition", real_timeout_s: float = 30.0) -> None:
+async def eventually(predicate, what: str = "condition", real_timeout_s: float = 120.0) -> None:
     """Yield (in trio time, which a mock clock advances) until predicate() holds. The guard is real
-    time, so it is a hang detector, not a timing assertion."""
+    time, so it is a hang detector, not a timing assertion; generous, because spool appends fsync and
+    a busy disk can make 150 of them take tens of seconds."""
     start = time.monotonic()
     while not predicate():
         assert time.monotonic() - start < real_timeout_s, f"{what} never happened"
