@@ -99,8 +99,8 @@ def test_daemon_rides_out_a_database_outage_and_a_kill_9_storing_every_trade_onc
         time.sleep(3)
         assert first.proc.poll() is None, first.log()
         server.start()
-        recovered = re.compile(r"write succeeded after|back after \d+ failed attempts; replaying")
-        wait_for(lambda: recovered.search(first.log()), 20, what="the sink to recover")
+        recovered = re.compile(r"write succeeded after|back after \d+ failed attempts; replaying|spool replayed; back to live")
+        wait_for(lambda: recovered.search(first.log()), 40, what="the sink to recover")  # replay probes back off up to 10 s
         first.proc.kill()  # SIGKILL: no flush, no goodbye
         first.proc.wait()
         time.sleep(2)  # the market moves on while the daemon is down

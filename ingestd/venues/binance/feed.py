@@ -509,7 +509,9 @@ class BinanceFeed:
         )
 
     def _on_backfilled(self, msg: _Backfilled) -> list[Record]:
-        st = self._state[msg.symbol]
+        st = self._state.get(msg.symbol)
+        if st is None:  # removed by a reload while the page was in flight
+            return []
         kept = [t for t in msg.trades if st.trades.accept(t.trade_id)]
         if msg.abandon is not None:
             lost = st.trades.abandon(*msg.abandon)
@@ -526,7 +528,8 @@ class BinanceFeed:
         return kept
 
     def _on_snapshot(self, msg: _Snapshot) -> None:
-        book = self._state[msg.symbol].book
+        st = self._state.get(msg.symbol)  # None: removed by a reload while the request was in flight
+        book = st.book if st is not None else None
         if book is None:
             return
         if not book.apply_snapshot(msg.snapshot):
@@ -546,8 +549,8 @@ class BinanceFeed:
     def _on_connection_up(self, msg: _ConnectionUp) -> None:
         due = trio.current_time() + CATCHUP_GRACE_S
         for s in msg.symbols:
-            st = self._state[s]
-            if st.trades.next_id is not None:
+            st = self._state.get(s)
+            if st is not None and st.trades.next_id is not None:
                 st.live_since_up = False
                 st.catchup_due = due
 
@@ -683,9 +686,9 @@ class BinanceFeed:
                 await self._backfill_symbol(symbol, inbox)
 
     async def _backfill_symbol(self, symbol: str, inbox: trio.MemorySendChannel) -> None:
-        """Fetch pages until the symbol has no gap and no catch-up pending."""
-        st = self._state[symbol]
-        while True:
+        """Fetch pages until the symbol has no gap and no catch-up pending (or it is removed)."""
+        st = self._state.get(symbol)
+        while st is not None and self._state.get(symbol) is st:
             await trio.sleep(0)
             gap = st.trades.first_gap()
             if gap is not None:
