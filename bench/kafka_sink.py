@@ -33,17 +33,16 @@ import argparse
 import gc
 import os
 import sys
-import threading
 import time
 from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import msgspec  # noqa: E402
 import trio  # noqa: E402
 
 from ingestd.config import KafkaSinkConfig  # noqa: E402
-from ingestd.model import BookTop, Record, Trade, spread_bps  # noqa: E402
+from ingestd.model import BookTop, Trade, spread_bps  # noqa: E402
+from _producer import CHUNK, GilHog, decode_frames, wire_frames  # noqa: E402
 from ingestd.pipeline import Router, SinkRunner  # noqa: E402
 from ingestd.sinks.base import Sink  # noqa: E402
 from ingestd.sinks.kafka import KafkaSink  # noqa: E402
@@ -51,7 +50,6 @@ from ingestd.stats import Histogram, StatsRegistry  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
 T0 = 1_700_000_000_000_000
-CHUNK = 100  # trades per Router.send, about what one feed receive yields at high rates
 _run = time.strftime("%H%M%S")
 _topic_seq = iter(range(1, 1_000_000))
 
@@ -99,24 +97,6 @@ def timed_writes(sink: Sink, records: list, batch_size: int) -> tuple[float, lis
         sink.write(batch)
         each.append(time.perf_counter() - t)
     return time.perf_counter() - start, sorted(each)
-
-
-class GilHog:
-    """A thread running pure Python, so another thread must win the GIL back after every release."""
-
-    def __enter__(self) -> None:
-        self._stop = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def _spin(self) -> None:
-        n = 0
-        while not self._stop:
-            n += 1
 
 
 def bench_sink_alone(args, trades: list[Trade]) -> KafkaSink:
@@ -195,37 +175,6 @@ class TimedSink(Sink):
         self.acked_after_us.record_many([acked_us - r.recv_us for r in batch])
 
 
-class WireTrade(msgspec.Struct):
-    """The fields of a Binance trade event a feed decodes."""
-
-    s: str
-    t: int
-    p: str
-    q: str
-    T: int
-    m: bool
-
-
-def wire_frames(trades: list[Trade]) -> list[list[bytes]]:
-    encode = msgspec.json.Encoder().encode
-    frames = [
-        encode({"e": "trade", "E": t.ts_us // 1000, "s": t.symbol, "t": t.trade_id, "p": str(t.price),
-                "q": str(t.qty), "T": t.ts_us // 1000, "m": t.side == "sell", "M": True})
-        for t in trades
-    ]
-    return [frames[k : k + CHUNK] for k in range(0, len(frames), CHUNK)]
-
-
-def decode_frames(frames: list[bytes], _decode=msgspec.json.Decoder(WireTrade).decode) -> list[Record]:
-    """As a feed does; the exchange time is replaced by now, so stored latency = decode to acked."""
-    now = time.time_ns() // 1000
-    out: list[Record] = []
-    for frame in frames:
-        w = _decode(frame)
-        out.append(Trade("binance", w.s, w.t, float(w.p), float(w.q), "sell" if w.m else "buy", now, now))
-    return out
-
-
 async def run_pipeline(sink: Sink, stats: StatsRegistry, chunks: list, rate: float | None) -> float:
     runner = SinkRunner(sink, stats, batch_size=5000, linger_s=0.05, capacity=256)
     async with trio.open_nursery() as nursery:
@@ -235,7 +184,7 @@ async def run_pipeline(sink: Sink, stats: StatsRegistry, chunks: list, rate: flo
             for k, chunk in enumerate(chunks):
                 if rate is not None:
                     await trio.sleep_until(start + k * CHUNK / rate)
-                await router.send(decode_frames(chunk))
+                await router.send(decode_frames(chunk, stamp_now=True))
     return trio.current_time() - start  # run() has returned: everything is acknowledged
 
 

@@ -29,24 +29,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import msgspec  # noqa: E402
 import trio  # noqa: E402
 
 from ingestd.config import PostgresSinkConfig  # noqa: E402
-from ingestd.model import BookTop, Record, Trade, spread_bps  # noqa: E402
+from ingestd.model import BookTop, Trade, spread_bps  # noqa: E402
 from ingestd.pipeline import Router, SinkRunner  # noqa: E402
 from ingestd.sinks.postgres import PostgresSink  # noqa: E402
 from ingestd.stats import StatsRegistry  # noqa: E402
+from _producer import GilHog, decode_frames, wire_frames  # noqa: E402
 from tests.pg_server import PgServer  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
 T0 = (time.time_ns() // 1000) - 3_600_000_000  # an hour ago: today's (or yesterday's) partition
-CHUNK = 100  # trades per Router.send, about what one feed receive yields at high rates
 
 
 def make_trades(n: int) -> list[Trade]:
@@ -77,24 +75,6 @@ def timed_writes(sink: PostgresSink, records: list, batch_size: int) -> float:
     for batch in batches:
         sink.write(batch)
     return time.perf_counter() - start
-
-
-class GilHog:
-    """A thread running pure Python, so another thread must win the GIL back after every release."""
-
-    def __enter__(self) -> None:
-        self._stop = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def _spin(self) -> None:
-        n = 0
-        while not self._stop:
-            n += 1
 
 
 class Bench:
@@ -169,36 +149,6 @@ async def run_pipeline(sink: PostgresSink, stats: StatsRegistry, chunks: list) -
             for chunk in chunks:
                 await router.send(decode_frames(chunk))
     return time.perf_counter() - start  # run() has returned: everything is committed
-
-
-class WireTrade(msgspec.Struct):
-    """The fields of a Binance trade event a feed decodes."""
-
-    s: str
-    t: int
-    p: str
-    q: str
-    T: int
-    m: bool
-
-
-def wire_frames(trades: list[Trade]) -> list[list[bytes]]:
-    encode = msgspec.json.Encoder().encode
-    frames = [
-        encode({"e": "trade", "E": t.ts_us // 1000, "s": t.symbol, "t": t.trade_id, "p": str(t.price),
-                "q": str(t.qty), "T": t.ts_us // 1000, "m": t.side == "sell", "M": True})
-        for t in trades
-    ]
-    return [frames[k : k + CHUNK] for k in range(0, len(frames), CHUNK)]
-
-
-def decode_frames(frames: list[bytes], _decode=msgspec.json.Decoder(WireTrade).decode) -> list[Record]:
-    now = time.time_ns() // 1000
-    out: list[Record] = []
-    for frame in frames:
-        w = _decode(frame)
-        out.append(Trade("binance", w.s, w.t, float(w.p), float(w.q), "sell" if w.m else "buy", w.T * 1000, now))
-    return out
 
 
 def main() -> None:

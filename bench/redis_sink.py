@@ -31,14 +31,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import msgspec  # noqa: E402
 import redis  # noqa: E402
 import trio  # noqa: E402
 
@@ -47,10 +45,10 @@ from ingestd.model import BookTop, Checkpoint, Record, Trade, spread_bps  # noqa
 from ingestd.pipeline import Router, SinkRunner  # noqa: E402
 from ingestd.sinks.redis_streams import RedisStreamsSink, above_key  # noqa: E402
 from ingestd.stats import StatsRegistry, now_us  # noqa: E402
+from _producer import GilHog, decode_frames, wire_frames  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
 T0 = 1_700_000_000_000_000
-CHUNK = 100  # trades per Router.send
 
 
 def make_trades(n: int, first_id: int = 1) -> list[Trade]:
@@ -194,22 +192,6 @@ def bench_late(url: str, client: redis.Redis, trades: list[Trade]) -> None:
     print(f"      ahead: {cpu_ahead.per(half)}; backfill: {cpu_back.per(half)}")
 
 
-class GilHog:
-    def __enter__(self) -> None:
-        self._stop = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def _spin(self) -> None:
-        n = 0
-        while not self._stop:
-            n += 1
-
-
 def bench_contended(url: str, client: redis.Redis, trades: list[Trade]) -> None:
     client.flushdb()
     sink = new_sink(url)
@@ -220,31 +202,6 @@ def bench_contended(url: str, client: redis.Redis, trades: list[Trade]) -> None:
         sink.close()
     check_stored(client, len(trades) // 20)
     print(f"3. sink alone beside a GIL-busy thread, batch 5,000: {len(trades) / seconds:>9,.0f} trades/s")
-
-
-class WireTrade(msgspec.Struct):
-    s: str
-    t: int
-    p: str
-    q: str
-    T: int
-    m: bool
-
-
-def wire_chunks(trades: list[Trade]) -> list[list[bytes]]:
-    encode = msgspec.json.Encoder().encode
-    frames = [encode({"e": "trade", "E": t.ts_us // 1000, "s": t.symbol, "t": t.trade_id, "p": str(t.price),
-                      "q": str(t.qty), "T": t.ts_us // 1000, "m": t.side == "sell", "M": True}) for t in trades]
-    return [frames[k : k + CHUNK] for k in range(0, len(frames), CHUNK)]
-
-
-def decode_chunk(frames: list[bytes], _decode=msgspec.json.Decoder(WireTrade).decode) -> list[Record]:
-    now = time.time_ns() // 1000
-    out: list[Record] = []
-    for frame in frames:
-        w = _decode(frame)
-        out.append(Trade("binance", w.s, w.t, float(w.p), float(w.q), "sell" if w.m else "buy", w.T * 1000, now))
-    return out
 
 
 # A feed sends each pair's checkpoint every 250 ms (binance TICK_S): 2,500 trades at 10k/s.
@@ -263,7 +220,7 @@ def bench_runner(url: str, client: redis.Redis, trades: list[Trade]) -> None:
     stats = StatsRegistry("bench")
     sink = RedisStreamsSink("bench", RedisSinkConfig(name="bench", type="redis", url=url, stream_maxlen=1 << 40),
                             stats=stats)
-    chunks = wire_chunks(trades)
+    chunks = wire_frames(trades)
 
     async def run() -> float:
         runner = SinkRunner(sink, stats, batch_size=5000, linger_s=0.05, capacity=256)
@@ -272,7 +229,7 @@ def bench_runner(url: str, client: redis.Redis, trades: list[Trade]) -> None:
             start = time.perf_counter()
             async with Router([runner]) as router:
                 for k, chunk in enumerate(chunks):
-                    records = decode_chunk(chunk)
+                    records = decode_frames(chunk)
                     if k % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
                         records += checkpoints_after(records)
                     await router.send(records)

@@ -24,23 +24,21 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import msgspec  # noqa: E402
 import trio  # noqa: E402
 
-from ingestd.model import BookTop, Record, Trade, spread_bps  # noqa: E402
+from ingestd.model import BookTop, Trade, spread_bps  # noqa: E402
 from ingestd.pipeline import Router, SinkRunner  # noqa: E402
 from ingestd.sinks.sqlite import SqliteSink  # noqa: E402
 from ingestd.stats import StatsRegistry  # noqa: E402
+from _producer import CHUNK, GilHog, decode_frames, wire_frames  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
 T0 = 1_700_000_000_000_000
-CHUNK = 100  # trades per Router.send, about what one feed receive yields at high rates
 
 
 def make_trades(n: int) -> list[Trade]:
@@ -72,24 +70,6 @@ def timed_writes(sink: SqliteSink, records: list, batch_size: int) -> float:
     for batch in batches:
         sink.write(batch)
     return time.perf_counter() - start
-
-
-class GilHog:
-    """A thread running pure Python, so another thread must win the GIL back after every release."""
-
-    def __enter__(self) -> None:
-        self._stop = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def _spin(self) -> None:
-        n = 0
-        while not self._stop:
-            n += 1
 
 
 def bench_sink_alone(directory: Path, trades: list[Trade], synchronous: str) -> None:
@@ -136,36 +116,6 @@ async def run_pipeline(sink: SqliteSink, stats: StatsRegistry, chunks: list, dec
             for chunk in chunks:
                 await router.send(decode(chunk))
     return time.perf_counter() - start  # run() has returned: everything is committed
-
-
-class WireTrade(msgspec.Struct):
-    """The fields of a Binance trade event a feed decodes."""
-
-    s: str
-    t: int
-    p: str
-    q: str
-    T: int
-    m: bool
-
-
-def wire_frames(trades: list[Trade]) -> list[list[bytes]]:
-    encode = msgspec.json.Encoder().encode
-    frames = [
-        encode({"e": "trade", "E": t.ts_us // 1000, "s": t.symbol, "t": t.trade_id, "p": str(t.price),
-                "q": str(t.qty), "T": t.ts_us // 1000, "m": t.side == "sell", "M": True})
-        for t in trades
-    ]
-    return [frames[k : k + CHUNK] for k in range(0, len(frames), CHUNK)]
-
-
-def decode_frames(frames: list[bytes], _decode=msgspec.json.Decoder(WireTrade).decode) -> list[Record]:
-    now = time.time_ns() // 1000
-    out: list[Record] = []
-    for frame in frames:
-        w = _decode(frame)
-        out.append(Trade("binance", w.s, w.t, float(w.p), float(w.q), "sell" if w.m else "buy", w.T * 1000, now))
-    return out
 
 
 def bench_runner(directory: Path, trades: list[Trade], synchronous: str, *, busy_producer: bool) -> None:
