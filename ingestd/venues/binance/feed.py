@@ -142,20 +142,23 @@ class _SymbolsChanged:
 
 
 class _WorkQueue:
-    """A set of symbols awaiting a worker, each at most once: bounded by the symbol count."""
+    """Symbols awaiting a worker, in arrival order, each at most once: so it is bounded by the number
+    of symbols followed, however often they are put."""
 
-    def __init__(self, max_items: int) -> None:
-        self._send, self._recv = trio.open_memory_channel[str](max(1, max_items))
-        self._queued: set[str] = set()
+    def __init__(self) -> None:
+        self._queued: dict[str, None] = {}  # an insertion-ordered set
+        self._lot = trio.lowlevel.ParkingLot()
 
     def put(self, symbol: str) -> None:
         if symbol not in self._queued:
-            self._queued.add(symbol)
-            self._send.send_nowait(symbol)
+            self._queued[symbol] = None
+            self._lot.unpark()
 
     async def get(self) -> str:
-        symbol = await self._recv.receive()
-        self._queued.discard(symbol)
+        while not self._queued:
+            await self._lot.park()
+        symbol = next(iter(self._queued))
+        del self._queued[symbol]
         return symbol
 
 
@@ -177,8 +180,8 @@ class BinanceFeed:
         self.symbols: list[str] = []
         self._state: dict[str, _SymbolState] = {}
         self._budget = rest.WeightBudget(cfg.rest_weight_limit, cfg.rest_weight_headroom)
-        self._backfills = _WorkQueue(1)
-        self._snapshots = _WorkQueue(1)
+        self._backfills = _WorkQueue()
+        self._snapshots = _WorkQueue()
         self._http: httpx.AsyncClient | None = None  # set by run(), which owns its lifetime
         self._groups: list[_Group] = []
         self._wedged = False
@@ -357,11 +360,6 @@ class BinanceFeed:
         return [s for s in symbols if status.get(s) == "TRADING"]
 
     def _init_state(self) -> None:
-        # Room for every symbol this feed may ever follow, so put() never blocks: the configured list
-        # can grow on reload, but never past the stream cap of the connections it could open.
-        n = max(len(self.symbols), 1) * 4 + 1024
-        self._backfills = _WorkQueue(n)
-        self._snapshots = _WorkQueue(n)
         for s in self.symbols:
             self._add_symbol_state(s)
 
