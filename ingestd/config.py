@@ -769,3 +769,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         problem = f"byte {exc.start}: the config file is not UTF-8 text, as TOML requires"
         raise ConfigError([problem], source) from None
     return parse_config(text, source=source, environ=environ)
+
+
+# Last, once everything a family schema uses is defined: the other families register themselves.
+from ingestd.venues import families as _families  # noqa: E402,F401

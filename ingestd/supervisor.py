@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import logging
 import signal
 from functools import partial
@@ -39,12 +40,22 @@ READY_WAIT_S = 30.0  # READY=1 once every connection is up, or after this long r
 RELOADABLE = {"symbols", "fallback_pairs"}  # feed keys SIGHUP applies; the rest need a restart
 
 
-def make_feed(family: str, feed_cfg: Any, router: Router, stats: StatsRegistry, resume: dict[str, int]):
-    if family == "binance":
-        from ingestd.venues.binance.feed import BinanceFeed
+# family -> "module:Class". A feed class takes (feed_cfg, router, stats, resume=) and offers
+# run(task_status), stop(), reconnect() -> int, wedge(), update_symbols(list) and `symbols`;
+# see ingestd.venues.feed_api. Imported on demand, so one instance loads only its own family.
+FEED_CLASSES: dict[str, str] = {
+    "binance": "ingestd.venues.binance.feed:BinanceFeed",
+}
 
-        return BinanceFeed(feed_cfg, router, stats, resume=resume)
-    raise ValueError(f"feed family {family!r} is not available in this version")
+
+def make_feed(family: str, feed_cfg: Any, router: Router, stats: StatsRegistry, resume: dict[str, int]):
+    try:
+        target = FEED_CLASSES[family]
+    except KeyError:
+        raise ValueError(f"feed family {family!r} is not available in this version") from None
+    module_name, _, class_name = target.partition(":")
+    feed_class = getattr(importlib.import_module(module_name), class_name)
+    return feed_class(feed_cfg, router, stats, resume=resume)
 
 
 def run_instance(config: Any, instance: str, *, state_dir: Path) -> int:

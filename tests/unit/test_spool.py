@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.samples import one_of_each_new_kind
 from ingestd import model
 from ingestd.model import BookTop, Checkpoint, Record, Trade
 from ingestd.sinks.spool import Spool, SpoolError, decode_batch, encode_batch, spool_dir_for
@@ -61,7 +62,8 @@ def make(directory: Path, stats: StatsRegistry | None = None, **kw) -> Spool:
 
 
 def test_every_record_kind_round_trips_in_batch_order(tmp_path: Path) -> None:
-    batch: list[Record] = [*trades(0, 3), book(7), Checkpoint("binance", "BTCUSDT", 2), *trades(3, 2), book(8)]
+    batch: list[Record] = [*trades(0, 3), book(7), Checkpoint("binance", "BTCUSDT", 2), *one_of_each_new_kind(),
+                           *trades(3, 2), book(8), *one_of_each_new_kind(1)]
     assert {type(r) for r in batch} == set(model.RECORD_TYPES.values()), "a new kind needs a line here"
     spool = make(tmp_path)
     assert spool.append(batch)

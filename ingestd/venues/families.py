@@ -1,0 +1,4 @@
+"""Each feed family's `[feeds.<family>]` schema lives beside its code, in
+`ingestd/venues/<family>/settings.py`, and registers itself with `@feed_family`. Importing them
+here, from the bottom of `ingestd.config`, makes every family known to the config loader, while
+the feeds' own code (sockets, HTTP clients) is imported only by the instance that runs them."""
