@@ -88,6 +88,66 @@ def start_sim(tmp: Path, *args: str) -> SimProcess:
     return SimProcess(proc, info["ws_url"], info["rest_url"], log_path)
 
 
+@dataclass
+class VenueSim:
+    """A simulator of another feed family (`python -m ingestd.sim.<family>`). `urls` is the JSON
+    its --ports-file holds; `urls["control_url"]` serves its /_sim/* endpoints."""
+
+    proc: subprocess.Popen
+    urls: dict
+    log_path: Path
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.urls["control_url"] + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(self.urls["control_url"] + path, data=data, method="POST",
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw.strip() else None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_venue_sim(tmp: Path, family: str, *args: str) -> VenueSim:
+    ports = tmp / f"sim-{family}-ports.json"
+    ports.unlink(missing_ok=True)
+    log_path = tmp / f"sim-{family}.log"
+    proc = _spawn([sys.executable, "-m", f"ingestd.sim.{family}", "--ports-file", str(ports), *args], log_path)
+    deadline = time.monotonic() + 20
+    while not ports.exists() or not ports.read_text().strip().endswith("}"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{family} simulator did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return VenueSim(proc, json.loads(ports.read_text()), log_path)
+
+
+def write_family_config(tmp: Path, family: str, feed: dict, *, sinks_toml: str | None = None,
+                        name: str = "ingestd.toml") -> Path:
+    """A config with one [feeds.<family>] table (values JSON-encoded, which TOML accepts for
+    strings, numbers, booleans and lists) writing to a local SQLite sink unless `sinks_toml` is given."""
+    feed = {"sinks": ["local"], **feed}
+    sinks_toml = sinks_toml or '[sinks.local]\ntype = "sqlite"\npath = "ingestd.sqlite"\n'
+    lines = [f"[feeds.{family}]"] + [f"{k} = {json.dumps(v)}" for k, v in feed.items()]
+    text = textwrap.dedent(
+        f"""
+        [daemon]
+        linger_ms = 20
+        shutdown_timeout_s = 4.0
+        http_port = 0
+        stats_socket = "{tmp / (family + '-stats.sock')}"
+        """
+    ) + sinks_toml + "\n" + "\n".join(lines) + "\n"
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
 def write_config(tmp: Path, sim: SimProcess, symbols: list[str], **feed_overrides) -> Path:
     feed = {
         "sinks": ["local"],
@@ -134,11 +194,11 @@ class DaemonProcess:
 
 
 def start_daemon(tmp: Path, config: Path, *, state_dir: Path | None = None, log_name: str = "daemon.log",
-                 env: dict[str, str] | None = None) -> DaemonProcess:
+                 env: dict[str, str] | None = None, instance: str = "binance") -> DaemonProcess:
     state_dir = state_dir or tmp / "state"
     log_path = tmp / log_name
     proc = _spawn(
-        [sys.executable, "-m", "ingestd", "--config", str(config), "run", "binance", "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "ingestd", "--config", str(config), "run", instance, "--state-dir", str(state_dir)],
         log_path,
         env,
     )
