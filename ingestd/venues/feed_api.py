@@ -33,3 +33,17 @@ class Feed(Protocol):
 
     async def update_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
         """Follow a reloaded list without dropping unaffected connections; (added, removed)."""
+
+    def pause(self) -> None:
+        """Operator `pause`: close connections and stop polling, keeping state; stay idle until
+        resume(), which reconnects and catches up (backfill, fresh snapshots) as after any gap."""
+
+    def resume(self) -> None:
+        """Undo pause()."""
+
+
+class PollingFeed(Feed, Protocol):
+    """Feeds that poll (The Graph, JSON-RPC, the Data API, CoinGecko) also answer `trigger`."""
+
+    async def trigger(self) -> dict:
+        """Run one poll now, out of schedule; return a short summary ({"records": n, ...})."""
