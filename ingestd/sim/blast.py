@@ -12,6 +12,9 @@ lengths stay valid) that is replaced in each chunk just before the chunk is writ
 chunk gets the same timestamp; chunks are small enough (512 frames) that this is well under 1 ms stale
 when the socket keeps up. The ground truth (REST, /_sim/truth) keeps the generation time.
 
+Connections on `@aggTrade` streams get the same tape as aggregate-trade frames (each trade its own
+aggregate, as in live mode), re-encoded from the trade frames on first use.
+
 Trade ids in blast trades are at most 10 digits and prices/quantities contain a '.', so the placeholder
 cannot occur anywhere else in a frame.
 """
@@ -25,8 +28,8 @@ from collections.abc import Collection, Iterable
 import msgspec
 import trio
 
-from ingestd.sim.market import Market
-from ingestd.sim.stream_names import TRADE, stream_name
+from ingestd.sim.market import Market, agg_trade_from_trade
+from ingestd.sim.stream_names import AGG_TRADE, TRADE, stream_name
 from ingestd.sim.ws_frames import combined_message, text_frame
 
 TIME_PLACEHOLDER = b"1111111111111"
@@ -86,28 +89,40 @@ class BlastTape:
                 yield text_frame(combined_message(streams[number], _encode(payload)))
 
         self._combined = FrameStore(generate())
-        self._raw: FrameStore | None = None
-        self._raw_lock = trio.Lock()
+        # (combined, kind) -> frames; variants other than combined @trade are built on first use
+        self._stores: dict[tuple[bool, str], FrameStore] = {(True, TRADE): self._combined}
+        self._build_lock = trio.Lock()
 
     def __len__(self) -> int:
         return len(self._combined)
 
-    async def frames(self, combined: bool) -> FrameStore:
-        """The frame store for combined or raw connections; the raw one is built on first use."""
-        if combined:
-            return self._combined
-        async with self._raw_lock:
-            if self._raw is None:
-                # Re-framing a million messages takes about a second: keep the event loop responsive.
-                self._raw = await trio.to_thread.run_sync(self._build_raw)
-            return self._raw
+    async def frames(self, combined: bool, kind: str = TRADE) -> FrameStore:
+        """The frame store for combined or raw connections on `@trade` or `@aggTrade` streams."""
+        async with self._build_lock:
+            store = self._stores.get((combined, kind))
+            if store is None:
+                # Re-framing a million messages takes seconds: keep the event loop responsive.
+                store = self._stores[(combined, kind)] = await trio.to_thread.run_sync(self._build, combined, kind)
+            return store
 
-    def _build_raw(self) -> FrameStore:
-        prefix_lengths = self._wrapper_prefix_lengths
-        return FrameStore(
-            text_frame(bytes(_payload_of(self._combined.frame(i))[prefix_lengths[self._symbol_of_frame[i]] : -1]))
-            for i in range(len(self._combined))
-        )
+    def _trade_payload(self, i: int) -> bytes:
+        """Frame i's raw `@trade` payload, without the combined-stream wrapper."""
+        prefix = self._wrapper_prefix_lengths[self._symbol_of_frame[i]]
+        return bytes(_payload_of(self._combined.frame(i))[prefix:-1])
+
+    def _build(self, combined: bool, kind: str) -> FrameStore:
+        count = len(self._combined)
+        if kind == TRADE:
+            return FrameStore(text_frame(self._trade_payload(i)) for i in range(count))
+        decode = msgspec.json.Decoder(dict).decode
+        agg_streams = [stream_name(symbol, AGG_TRADE) for symbol in self.symbols]
+
+        def frames() -> Iterable[bytes]:
+            for i in range(count):
+                payload = _encode(agg_trade_from_trade(decode(self._trade_payload(i))))
+                yield text_frame(combined_message(agg_streams[self._symbol_of_frame[i]], payload) if combined else payload)
+
+        return FrameStore(frames())
 
     def selection(self, symbols: Collection[str]) -> array | None:
         """Frame numbers for trades of `symbols`, in order; None means every frame."""

@@ -199,7 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=nonneg_int,
         default=0,
         metavar="N",
-        help="pre-generate N trades and stream them, pre-encoded, to every connection subscribing to @trade streams",
+        help="pre-generate N trades and stream them, pre-encoded, to every connection subscribing to @trade or "
+        "@aggTrade streams",
     )
     bench.add_argument(
         "--blast-rate",
@@ -207,6 +208,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MSGS_PER_S",
         help="offered rate for --blast-trades per connection (default: as fast as the socket takes them)",
     )
+
+    tls = parser.add_argument_group("TLS (for clients that insist on wss://)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve the WebSocket over TLS with this certificate chain")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (default: in the --tls-cert file)")
 
     run_for = parser.add_argument_group("run")
     run_for.add_argument(
@@ -239,6 +244,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ban_s=args.ban,
         blast_trades=args.blast_trades,
         blast_rate=args.blast_rate,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 

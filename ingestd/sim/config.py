@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,10 @@ class SimConfig:
     # subscribes to @trade streams, as fast as the socket takes them or at blast_rate messages/s.
     blast_trades: int = 0
     blast_rate: float | None = None
+
+    # TLS on the WebSocket (ws_url becomes wss://): for peers that refuse plain ws://, in benchmarks.
+    tls_cert: str | os.PathLike | None = None  # PEM certificate chain
+    tls_key: str | os.PathLike | None = None  # PEM private key, if not in tls_cert
 
     def __post_init__(self) -> None:
         if isinstance(self.symbols, int):

@@ -112,7 +112,8 @@ async def serve(config: SimConfig, *, task_status: trio.TaskStatus[Simulator] = 
     if config.blast_trades:
         sim.blast_tape = await trio.to_thread.run_sync(BlastTape, sim.market, config.blast_trades)
     async with trio.open_nursery() as nursery:
-        sim.ws_url = "ws://" + _address(await nursery.start(serve_websocket, sim))
+        scheme = "ws://" if config.tls_cert is None else "wss://"
+        sim.ws_url = scheme + _address(await nursery.start(serve_websocket, sim))
         sim.rest_url = "http://" + _address(await nursery.start(serve_rest, sim))
         nursery.start_soon(sim.live.run)
         if config.drop_every_s is not None:

@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 
 from ingestd.sim.blast import FRAMES_PER_CHUNK, BlastCursor
 from ingestd.sim.sliding_window import SlidingWindowCounter
-from ingestd.sim.stream_names import TRADE, TargetError, parse_stream_name, parse_ws_target
+from ingestd.sim.stream_names import AGG_TRADE, TRADE, TargetError, parse_stream_name, parse_ws_target
 from ingestd.sim.wall_clock import wall_ms
 from ingestd.sim.ws_control import handle_control_message
 from ingestd.sim.ws_frames import text_frame
@@ -311,15 +311,17 @@ class WsSession:
         if tape is None or self._blast_requested or self._nursery is None:
             return
         wanted = {parse_stream_name(name, tape.symbols) for name in self.streams}
-        symbols = {stream.symbol for stream in wanted if stream is not None and stream.kind == TRADE}
-        if symbols:
-            self._blast_requested = True
-            self._nursery.start_soon(self._prepare_blast, symbols)
+        for kind in (TRADE, AGG_TRADE):  # a connection on both gets the tape once, as raw trades
+            symbols = {stream.symbol for stream in wanted if stream is not None and stream.kind == kind}
+            if symbols:
+                self._blast_requested = True
+                self._nursery.start_soon(self._prepare_blast, symbols, kind)
+                return
 
-    async def _prepare_blast(self, symbols: set[str]) -> None:
+    async def _prepare_blast(self, symbols: set[str], kind: str) -> None:
         tape = self.sim.blast_tape
         assert tape is not None
-        store = await tape.frames(self.combined)
+        store = await tape.frames(self.combined, kind)
         rate = self._config.blast_rate
         # When paced, small chunks keep the offered rate smooth (about 2 ms of messages per chunk).
         per_chunk = FRAMES_PER_CHUNK if rate is None else int(min(FRAMES_PER_CHUNK, max(1, rate * 0.002)))

@@ -203,8 +203,8 @@ async def test_blast_tape_is_in_the_truth_and_stamped_at_send_time():
     market = Market(["BTCUSDT", "ETHUSDT"], seed=1)
     tape = BlastTape(market, 1000)
     assert market.trade_count() == len(tape) == 1000
-    for combined in (False, True):
-        store = await tape.frames(combined)
+    for combined, kind in ((False, "trade"), (True, "trade"), (False, "aggTrade"), (True, "aggTrade")):
+        store = await tape.frames(combined, kind)
         cursor = BlastCursor(store, None, frames_per_chunk=300)
         chunks = []
         while not cursor.done:
@@ -215,11 +215,12 @@ async def test_blast_tape_is_in_the_truth_and_stamped_at_send_time():
         messages = [msgspec.json.decode(frame.data) for frame in parse_frames(data)]
         trades = [m["data"] for m in messages] if combined else messages
         if combined:
-            assert all(m["stream"] == m["data"]["s"].lower() + "@trade" for m in messages)
-        assert all(t["E"] == t["T"] == 1_799_999_999_999 for t in trades)
+            assert all(m["stream"] == m["data"]["s"].lower() + "@" + kind for m in messages)
+        assert all(t["e"] == kind and t["E"] == t["T"] == 1_799_999_999_999 for t in trades)
+        id_field = "t" if kind == "trade" else "a"
         by_symbol: dict[str, list[int]] = {}
         for t in trades:
-            by_symbol.setdefault(t["s"], []).append(t["t"])
+            by_symbol.setdefault(t["s"], []).append(t[id_field])
         assert by_symbol == {s: list(market.trade_ids(s)) for s in ("BTCUSDT", "ETHUSDT")}
 
 
