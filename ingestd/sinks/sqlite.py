@@ -1,4 +1,7 @@
-"""The embedded sink: one SQLite file, tables named as the legacy service's (`assets`, `ticks`, `books`).
+"""The embedded sink: one SQLite file, tables named as the legacy service's (`assets`, `ticks`, `books`)
+and as the PostgreSQL sink's for every other record kind (`derivatives`, `dex_metrics`, `onchain_flows`,
+`prices`, `prediction_books`, `prediction_trades`, `whale_trades`: see ingestd/sinks/tables.py, which
+declares their columns for both sinks).
 
 Durability: the database runs in WAL mode with `synchronous=NORMAL` unless told otherwise. A commit
 then writes the WAL without fsync, so every committed batch survives a crash or `kill -9` of the
@@ -20,6 +23,13 @@ thread can take the whole switch interval (5 ms), so `executemany`, one step per
 batch costs a handful of GIL round trips, and SQLite does the inserting with the GIL released, on
 the other core. A batch is one transaction; duplicates on the natural key are skipped by
 `INSERT OR IGNORE`, so a retried or replayed batch neither aborts nor double-stores.
+
+Values SQLite cannot hold (text with a lone surrogate, integers beyond 64 bits, a type sqlite3
+cannot bind): the batch is tried as is, and when binding fails on such a value every record is
+screened (`ingestd.sinks.tables.refusal_reason`), the offending ones are refused (logged with the
+reason, counted in `sink.<name>.records_refused`) and the rest is written. NUL characters, quotes,
+backslashes and any valid Unicode are stored verbatim (values are always bound, never spliced into
+SQL). A float NaN is stored as NULL: SQLite has no NaN.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import msgspec
 
 from ingestd.model import BookTop, Checkpoint, Record, Trade
+from ingestd.sinks import tables
 from ingestd.sinks.base import Sink, SinkError
 from ingestd.stats import StatsRegistry, now_us
 
@@ -125,7 +136,132 @@ _SCHEMA_V1 = (
     """,
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+# v2: the other feed families' record kinds, with the PostgreSQL sink's table and column names
+# (declared in ingestd/sinks/tables.py; a test checks the two agree). Times are INTEGER µs since the
+# Unix epoch (UTC), as in v1. uint128/uint256 quantities (`dex_metrics.liquidity`,
+# `onchain_flows.amount`) are TEXT decimal strings: SQLite's INTEGER stops at 2^63 and REAL keeps 53
+# bits, so any numeric type would round them; exactness matters more here than arithmetic in SQL
+# (cast to REAL in a query when an approximation will do). Order book levels are JSON text.
+# WITHOUT ROWID only where rows are small (see the note on `books` above).
+_SCHEMA_V2 = (
+    """
+    CREATE TABLE IF NOT EXISTS derivatives (
+        ts                  INTEGER NOT NULL,  -- venue time of the sample
+        venue               TEXT    NOT NULL,
+        symbol              TEXT    NOT NULL,
+        funding_rate        REAL,
+        next_funding_time   INTEGER,
+        open_interest       REAL,              -- contracts
+        open_interest_value REAL,              -- quote currency
+        mark_price          REAL,
+        index_price         REAL,
+        basis               REAL,
+        recv_ts             INTEGER,
+        PRIMARY KEY (venue, symbol, ts)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS dex_metrics (
+        ts             INTEGER NOT NULL,  -- when the pool was read
+        chain          TEXT    NOT NULL,
+        pool_address   TEXT    NOT NULL,
+        tvl_usd        REAL,
+        volume_24h_usd REAL,
+        liquidity      TEXT,              -- uint128 as decimal digits, exact (see above)
+        price          REAL,              -- token1 per token0
+        depth_2pct_usd REAL,
+        recv_ts        INTEGER,
+        PRIMARY KEY (chain, pool_address, ts)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS onchain_flows (
+        ts           INTEGER NOT NULL,  -- block time
+        chain        TEXT    NOT NULL,
+        block_number INTEGER,
+        block_hash   TEXT    NOT NULL,
+        tx_hash      TEXT,
+        log_index    INTEGER NOT NULL,
+        token        TEXT,
+        from_addr    TEXT,
+        to_addr      TEXT,
+        amount       TEXT,              -- exact decimal scaled by the token's decimals, e.g. '1234.5' (see above)
+        from_tag     TEXT,
+        to_tag       TEXT,
+        recv_ts      INTEGER,
+        PRIMARY KEY (chain, block_hash, log_index)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS prices (
+        ts                   INTEGER NOT NULL,  -- the aggregator's last_updated
+        source               TEXT    NOT NULL,
+        coin_id              TEXT    NOT NULL,
+        symbol               TEXT,
+        price_usd            REAL,
+        market_cap           REAL,
+        market_cap_rank      INTEGER,
+        total_volume         REAL,
+        high_24h             REAL,
+        low_24h              REAL,
+        price_change_24h     REAL,
+        price_change_pct_24h REAL,
+        circulating_supply   REAL,
+        recv_ts              INTEGER,
+        PRIMARY KEY (source, coin_id, ts)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS prediction_books (
+        ts        INTEGER NOT NULL,
+        venue     TEXT    NOT NULL,
+        market    TEXT,              -- condition id
+        asset_id  TEXT    NOT NULL,  -- outcome token id (a uint256 as decimal digits)
+        book_hash TEXT    NOT NULL,
+        best_bid  REAL,
+        best_ask  REAL,
+        bids      TEXT,              -- JSON [[price, size], ...], best first
+        asks      TEXT,
+        recv_ts   INTEGER,
+        PRIMARY KEY (venue, asset_id, ts, book_hash)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS prediction_trades (
+        ts           INTEGER NOT NULL,
+        venue        TEXT    NOT NULL,
+        market       TEXT,
+        asset_id     TEXT    NOT NULL,
+        price        REAL,
+        size         REAL,
+        side         TEXT,              -- taker side: 'buy' or 'sell'
+        tx_hash      TEXT    NOT NULL,
+        fee_rate_bps REAL,
+        recv_ts      INTEGER,
+        PRIMARY KEY (venue, asset_id, tx_hash, ts)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS whale_trades (
+        ts             INTEGER NOT NULL,  -- trade time
+        trade_id       TEXT    NOT NULL,  -- transaction hash
+        trader_address TEXT    NOT NULL,
+        market_id      TEXT,
+        token_id       TEXT    NOT NULL,
+        side           TEXT,              -- 'BUY' or 'SELL', as the legacy events spell it
+        size           REAL,
+        price          REAL,
+        amount         REAL,              -- size * price, USDC
+        detected_at    INTEGER,           -- when ingestd saw it
+        pseudonym      TEXT,
+        title          TEXT,
+        outcome        TEXT,
+        PRIMARY KEY (trade_id, token_id, trader_address)
+    )
+    """,
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # Rows per INSERT, at most. Measured with 5000-row batches beside a thread spinning on the GIL
@@ -187,13 +323,29 @@ _UPSERT_CHECKPOINTS = _MultiRowInsert(
     " WHERE excluded.trade_id > checkpoints.trade_id",
 )
 _INSERT_ASSETS = _MultiRowInsert("INSERT OR IGNORE INTO assets (symbol)", 1)
+# Every other kind, from its declaration (ingestd/sinks/tables.py).
+_INSERT_GENERIC = {
+    table: _MultiRowInsert(f"INSERT OR IGNORE INTO {table.name} ({', '.join(table.column_names)})",
+                           len(table.columns))
+    for table in tables.GENERIC
+}
+
+# What binding a value SQLite cannot hold raises: screen the batch and refuse the culprits.
+# (sqlite3.ProgrammingError is "Error binding parameter": a type sqlite3 cannot bind.)
+_MAYBE_BAD_VALUE = (UnicodeEncodeError, OverflowError, sqlite3.ProgrammingError, TypeError, ValueError)
+
+# What SQLite can hold: NUL characters are fine; times are any 64-bit integer.
+LIMITS = tables.Limits(store="SQLite", nul_in_text=True, time_range=(-(1 << 63), (1 << 63) - 1),
+                       time_words="a 64-bit integer time")
+
+DEFAULT_COUNTED = ("assets", "ticks", "books", "checkpoints")
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_levels = msgspec.json.Decoder(list[tuple[float, float]]).decode
 
 
 class SqliteSink(Sink):
-    """Stores trades, book tops and checkpoints in one SQLite database file.
+    """Stores every record kind (ingestd.model) in one SQLite database file.
 
     The pipeline calls it from worker threads, one call at a time; a lock still guards the
     connection so the read helpers are safe to call from another thread while it runs.
@@ -217,6 +369,7 @@ class SqliteSink(Sink):
         self._rows_written = f"sink.{name}.rows_written"
         self._duplicates_skipped = f"sink.{name}.duplicates_skipped"
         self._batches = f"sink.{name}.batches"
+        self._records_refused = f"sink.{name}.records_refused"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._asset_ids: dict[str, int] = {}  # symbol -> assets.asset_id, committed rows only
@@ -276,26 +429,57 @@ class SqliteSink(Sink):
     def write(self, batch: Sequence[Record]) -> None:
         if not batch:
             return
-        trades, books, checkpoints = _group_by_kind(batch)
+        groups = tables.group_by_table(batch, "SqliteSink")
+        refused = 0
         with self._lock:
             conn = self._connection()
             try:
-                if trades or books:
-                    self._register_assets(conn, {r.symbol for r in trades} | {r.symbol for r in books})
-                # Values are built before BEGIN so the write lock is held for SQLite work only.
-                tick_values = self._tick_values(trades)
-                book_values = self._book_values(books)
-                inserted = _in_transaction(conn, _store, tick_values, book_values, _checkpoint_values(checkpoints))
+                try:
+                    inserted, attempted = self._store(conn, groups)
+                except _MAYBE_BAD_VALUE as exc:
+                    # Slow path: some value may be unstorable. Screen every record, refuse the bad ones.
+                    kept, refusals = tables.screen(batch, LIMITS)
+                    if not refusals:
+                        raise exc  # nothing wrong with the records: a bug, or a store error, not bad input
+                    tables.log_refusals(logger, self.name, refusals)
+                    refused = len(refusals)
+                    inserted, attempted = self._store(conn, tables.group_by_table(kept, "SqliteSink"))
             except sqlite3.Error as exc:
                 raise SinkError(f"{self.name}: write of {len(batch)} records to {self.path} failed: {exc}") from exc
         stats = self._stats
         if stats is not None:
-            attempted = len(trades) + len(books)
             stats.incr(self._rows_written, inserted)
             stats.incr(self._duplicates_skipped, attempted - inserted)
             stats.incr(self._batches)
+            if refused:
+                stats.incr(self._records_refused, refused)
 
-    def _tick_values(self, trades: list[Trade]) -> list:
+    def _store(self, conn: sqlite3.Connection, groups: dict[tables.Table, list]) -> tuple[int, int]:
+        """Store the grouped records in one transaction; returns (data rows inserted, attempted)."""
+        trades = groups.get(tables.TICKS, ())
+        books = groups.get(tables.BOOKS, ())
+        if trades or books:
+            self._register_assets(conn, {r.symbol for r in trades} | {r.symbol for r in books})
+        # Values are built before BEGIN so the write lock is held for SQLite work only.
+        tick_values = self._tick_values(trades)
+        book_values = self._book_values(books)
+        generic_values = []
+        attempted = len(trades) + len(books)
+        for table, records in groups.items():
+            insert = _INSERT_GENERIC.get(table)
+            if insert is not None:
+                values: list = []
+                add = values.extend
+                row = table.row
+                for record in records:
+                    add(row(record))
+                generic_values.append((insert, values))
+                attempted += len(records)
+        checkpoint_values = _checkpoint_values(groups.get(tables.CHECKPOINTS, ()))
+        inserted = _in_transaction(conn, _store, tick_values, book_values, generic_values, checkpoint_values)
+        return inserted, attempted
+
+    def _tick_values(self, trades: Sequence[Trade]) -> list:
         """Row values of `ticks`, flat (extend with a tuple is the fastest way to build it in CPython)."""
         values: list = []
         add = values.extend
@@ -304,7 +488,7 @@ class SqliteSink(Sink):
             add((t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol)))
         return values
 
-    def _book_values(self, books: list[BookTop]) -> list:
+    def _book_values(self, books: Sequence[BookTop]) -> list:
         values: list = []
         add = values.extend
         asset_id = self._asset_ids.__getitem__
@@ -343,12 +527,23 @@ class SqliteSink(Sink):
         )
         return [trade_id for (trade_id,) in rows]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, table_names: Sequence[str] = DEFAULT_COUNTED) -> dict[str, int]:
         """Rows per table (a full count: for tests, the demo and operators, not the hot path)."""
-        return {
-            table: self._query(f"SELECT count(*) FROM {table}")[0][0]
-            for table in ("assets", "ticks", "books", "checkpoints")
-        }
+        for table in table_names:
+            if table not in DEFAULT_COUNTED and table not in tables.BY_NAME:
+                raise ValueError(f"no table {table!r}")
+        return {table: self._query(f"SELECT count(*) FROM {table}")[0][0] for table in table_names}
+
+    def records(self, kind: type) -> list:
+        """Every stored record of a kind stored by declaration (Derivative, Price, ...), as records,
+        in natural-key order."""
+        table = tables.BY_KIND[kind.KIND]
+        if table not in _INSERT_GENERIC:
+            raise ValueError(f"{kind.__name__} is not read back generically")
+        rows = self._query(
+            f"SELECT {', '.join(table.column_names)} FROM {table.name} ORDER BY {', '.join(table.key)}"
+        )
+        return [table.record_from_row(row) for row in rows]
 
     def latest_book(self, venue: str, symbol: str) -> BookTop | None:
         """The stored book top with the highest update id, or None."""
@@ -383,22 +578,7 @@ class SqliteSink(Sink):
 # --- helpers (no state of their own) ------------------------------------------------------------
 
 
-def _group_by_kind(batch: Iterable[Record]) -> tuple[list[Trade], list[BookTop], list[Checkpoint]]:
-    trades: list[Trade] = []
-    books: list[BookTop] = []
-    checkpoints: list[Checkpoint] = []
-    append_to = {Trade.KIND: trades.append, BookTop.KIND: books.append, Checkpoint.KIND: checkpoints.append}
-    for record in batch:
-        try:
-            append = append_to[record.KIND]
-        except (KeyError, AttributeError):
-            # A programming error, not a store failure: no retry can fix it, so not a SinkError.
-            raise TypeError(f"SqliteSink cannot store {record!r}") from None
-        append(record)
-    return trades, books, checkpoints
-
-
-def _checkpoint_values(checkpoints: list[Checkpoint]) -> list:
+def _checkpoint_values(checkpoints: Sequence[Checkpoint]) -> list:
     """Flat upsert values, one row per market with the batch's highest trade id (one row per key
     also keeps a multi-row upsert from updating the same row twice)."""
     highest: dict[tuple[str, str], int] = {}
@@ -434,9 +614,14 @@ def _in_transaction(conn: sqlite3.Connection, work, *args):
     return result
 
 
-def _store(conn: sqlite3.Connection, tick_values: list, book_values: list, checkpoint_values: list) -> int:
+def _store(
+    conn: sqlite3.Connection, tick_values: list, book_values: list, generic_values: list[tuple[_MultiRowInsert, list]],
+    checkpoint_values: list,
+) -> int:
     """Insert data rows and apply checkpoints; returns how many data rows were new."""
     inserted = _INSERT_TICKS.execute(conn, tick_values) + _INSERT_BOOKS.execute(conn, book_values)
+    for insert, values in generic_values:
+        inserted += insert.execute(conn, values)
     _UPSERT_CHECKPOINTS.execute(conn, checkpoint_values)
     return inserted
 
