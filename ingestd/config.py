@@ -646,6 +646,12 @@ class BinanceFeedConfig(FeedConfig):
     exchange_info_check: bool = option(
         True, Boolean(), "check symbols against /api/v3/exchangeInfo at start and skip ones not trading"
     )
+    pairs_file: str = option(
+        "", Text("a path", r".*", accepts_secret=False),
+        "also follow the pairs in this file (ingestd@coingecko's discovery writes it), applied live on change; "
+        "empty: off",
+    )
+    pairs_file_check_s: float = option(5.0, Number(0.1, 3600), "how often pairs_file is checked for a change")
 
     @classmethod
     def cross_check(cls, values: Mapping[str, Any], context: _Context) -> Iterator[tuple[str, str]]:

@@ -49,6 +49,7 @@ from ingestd.venues.binance.protocol import (
     decode,
     stream_names,
 )
+from ingestd.venues.pairs_file import PairsFileFollower
 from ingestd.venues.symbols import SymbolSource, StaticSymbols, merge_with_fallback, select_shard, split_groups
 from ingestd.venues.trade_ids import ACCEPTED_NEW_GAP, TradeIdTracker
 
@@ -177,6 +178,7 @@ class BinanceFeed:
         self.stats = stats
         self.resume = resume or {}
         self.source = source or StaticSymbols(cfg.symbols)
+        self._pairs_file = PairsFileFollower(cfg.pairs_file) if getattr(cfg, "pairs_file", "") else None
         self.symbols: list[str] = []
         self._state: dict[str, _SymbolState] = {}
         self._budget = rest.WeightBudget(cfg.rest_weight_limit, cfg.rest_weight_headroom)
@@ -261,6 +263,12 @@ class BinanceFeed:
         log.info("symbol list changed", extra={"added": ",".join(added) or "-", "removed": ",".join(removed) or "-"})
         return added, removed
 
+    async def _follow_pairs_file(self) -> None:
+        """Apply each change of the pairs file (a new discovery) like a reload: live SUBSCRIBE/UNSUBSCRIBE."""
+        while True:
+            await self._pairs_file.wait_for_change(self.cfg.pairs_file_check_s)
+            await self.update_symbols(list(self.cfg.symbols))
+
     async def _reconcile(self, group: _Group, handle: _ConnectionHandle) -> None:
         """Bring one live connection's subscriptions in line with its group's symbols.
 
@@ -322,6 +330,8 @@ class BinanceFeed:
             for _ in range(SNAPSHOT_WORKERS):
                 nursery.start_soon(self._snapshot_worker, inbox.clone())
         nursery.start_soon(self._ticker, inbox.clone())
+        if self._pairs_file is not None:
+            nursery.start_soon(self._follow_pairs_file)
         log.info(
             "binance feed starting",
             extra={"symbols": len(self.symbols), "connections": len(groups), "ws_url": self.cfg.ws_url},
@@ -338,7 +348,10 @@ class BinanceFeed:
         return symbols
 
     async def _filter_symbols(self, wanted: list[str]) -> list[str]:
-        """Add the fallback pairs, keep this shard's share, drop what the venue does not trade."""
+        """Add the pairs file's and the fallback pairs, keep this shard's share, drop what the venue
+        does not trade."""
+        if self._pairs_file is not None:
+            wanted = list(wanted) + await self._pairs_file.pairs()
         symbols = select_shard(merge_with_fallback(wanted, self.cfg.fallback_pairs), _shard(self.cfg))
         if self.cfg.exchange_info_check and symbols:
             symbols = await self._drop_untradable(symbols)
