@@ -53,9 +53,9 @@ class UniswapFeed:
         self._key = reveal(cfg.api_key)
         self._url = protocol.endpoint(reveal(cfg.gateway_url), cfg.subgraph_id, self._key)
         self._http: httpx.AsyncClient | None = None
-        self._scope: trio.CancelScope | None = None
         self._poll_scope: trio.CancelScope | None = None
         self._poll_lock = trio.Lock()
+        self._stopping = trio.Event()
         self._kick = trio.Event()
         self._paused = False
         self._wedged = False
@@ -76,7 +76,6 @@ class UniswapFeed:
             self._http = http
             try:
                 async with trio.open_nursery() as nursery:
-                    self._scope = nursery.cancel_scope
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._scheduler)
                     log.info("uniswap feed starting", extra={"pools": len(self.symbols),
@@ -86,10 +85,10 @@ class UniswapFeed:
                 self._cstats.state = "closed"
 
     def stop(self) -> None:
-        """Every record of a finished read is already with the router; a read in flight is dropped
-        and redone at the next start."""
-        if self._scope is not None:
-            self._scope.cancel()
+        """No new request goes out; a request in flight may finish (bounded by the shutdown
+        deadline), so a read whose last page has arrived is still sent to the router."""
+        self._stopping.set()
+        self._kick.set()
 
     def reconnect(self) -> int:
         """Each poll opens what it needs over the client's pool; a reconnect is a poll now."""
@@ -127,10 +126,11 @@ class UniswapFeed:
     # --- tasks ----------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             if not self._wedged:
                 self.stats.heartbeat(f"feed.{FAMILY}")
-            await trio.sleep(HEARTBEAT_S)
+            with trio.move_on_after(HEARTBEAT_S):
+                await self._stopping.wait()
 
     async def _scheduler(self) -> None:
         next_at = trio.current_time()
@@ -138,6 +138,8 @@ class UniswapFeed:
             with trio.move_on_at(next_at):
                 await self._kick.wait()
             self._kick = trio.Event()
+            if self._stopping.is_set():
+                return
             if self._paused:
                 next_at = math.inf
                 continue
@@ -154,6 +156,8 @@ class UniswapFeed:
                     try:
                         metric = await self._read_pool(pool)
                     except _ReadFailed as exc:
+                        if self._stopping.is_set():
+                            break
                         failed += 1
                         self.stats.incr(f"{FAMILY}.read_failures")
                         self.stats.incr(f"{FAMILY}.{exc.kind}")
@@ -199,7 +203,10 @@ class UniswapFeed:
     async def _post(self, body: bytes) -> bytes:
         wait = self._not_before - trio.current_time()
         if wait > 0:
-            await trio.sleep(wait)
+            with trio.move_on_after(wait):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            raise _ReadFailed("stopping", "stopping")
         cstats = self._cstats
         if cstats.state in ("new", "closed"):
             cstats.state = "connecting"
