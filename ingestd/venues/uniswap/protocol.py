@@ -181,7 +181,7 @@ def _errors(errors: list[_Error] | None) -> Problem | None:
 def decode_pool(body: bytes, pool_id: str) -> PoolRead | Problem:
     try:
         resp = _pool_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         return Problem("malformed", str(exc)[:200])
     problem = _errors(resp.errors)
     if problem is not None:
@@ -229,7 +229,7 @@ def decode_pool(body: bytes, pool_id: str) -> PoolRead | Problem:
 def decode_ticks(body: bytes, first: int) -> TicksPage | Problem:
     try:
         resp = _ticks_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         return Problem("malformed", str(exc)[:200])
     problem = _errors(resp.errors)
     if problem is not None:
