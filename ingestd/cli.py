@@ -264,20 +264,21 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
         "print the trades stored in a Redis stream, and follow new ones",
         "Print the last N trades of a pair's Redis stream, oldest first, one line each:\n"
         "  2024-11-14T17:30:00.123456  buy         0.123 @ 45123.5      #12345678\n"
-        "then, with --follow, every new one until Ctrl-C. --list shows every trades stream with its\n"
-        "length. The server is --url, else $REDIS_URL, else the first redis sink in the config, else\n"
+        "then, with --follow, every new one until Ctrl-C. --list shows every stream the sink writes with its\n"
+        "length; any of them can be named instead of a pair. The server is --url, else $REDIS_URL, else the first redis sink in the config, else\n"
         "redis://localhost:6379/0; the stream is that sink's trades_stream (default trades:{symbol}).\n\n"
         "examples:\n"
         "  ingestd tail BTCUSDT              the last 10 trades\n"
         "  ingestd tail BTCUSDT -n 0 -f      only new trades, as they are stored\n"
-        "  ingestd tail --list               trades:* streams and their lengths",
+        "  ingestd tail --list               every stream and its length\n"
+        "  ingestd tail derivatives:bybit:BTCUSDT -f   another kind's stream, by its key",
     )
-    tail_parser.add_argument("pair", metavar="PAIR", nargs="?", help="the pair, as in the stream name (BTCUSDT)")
+    tail_parser.add_argument("pair", metavar="PAIR", nargs="?", help="the pair, as in the stream name (BTCUSDT), or a stream key from --list")
     tail_parser.add_argument(
         "-n", dest="count", type=int, default=10, metavar="N", help="print the last N trades first (default: 10)"
     )
     tail_parser.add_argument("-f", "--follow", action="store_true", help="then wait for new trades until Ctrl-C")
-    tail_parser.add_argument("--list", action="store_true", help="list the trades streams and their lengths")
+    tail_parser.add_argument("--list", action="store_true", help="list the streams and their lengths")
     tail_parser.add_argument("--url", metavar="URL", help="Redis server, e.g. redis://host:6379/0")
     tail_parser.add_argument(
         "--venue", default="binance", help="fills {venue} in a stream template that has one (default: binance)"

@@ -487,6 +487,29 @@ class PostgresSinkConfig(SinkConfig):
     connect_timeout_s: float = option(5.0, Number(0.1, 300), "give up on one connection attempt after this long")
 
 
+class StreamTemplate(Check):
+    """A Redis stream key pattern that uses each of `placeholders` once or more, and nothing else: one
+    stream per scope, since the sink derives a stream's entry ids from its records' times."""
+
+    def __init__(self, *placeholders: str) -> None:
+        self.placeholders = placeholders
+        self.expected = "a stream key pattern with " + ", ".join(f"{{{p}}}" for p in placeholders) + \
+            (" (and no other placeholder)" if len(placeholders) > 1 else " (and no other)")
+
+    def parse(self, raw: Any) -> str:
+        import string
+
+        if not isinstance(raw, str):
+            raise Invalid
+        try:
+            used = {name for _, name, _, _ in string.Formatter().parse(raw) if name is not None}
+        except ValueError:
+            raise Invalid from None
+        if used != set(self.placeholders):
+            raise Invalid
+        return raw
+
+
 @sink_type("redis")
 @dataclass(frozen=True, kw_only=True)
 class RedisSinkConfig(SinkConfig):
@@ -496,7 +519,19 @@ class RedisSinkConfig(SinkConfig):
     raw_json: bool = option(False, Boolean(), "also store each trade's venue message as raw_json")
     trades_stream: str = option("trades:{symbol}", Text(accepts_secret=False), "stream key of trades")
     books_stream: str = option("books:{symbol}", Text(accepts_secret=False), "stream key of book snapshots")
-    derivatives_stream: str = option("derivatives:{symbol}", Text(accepts_secret=False), "stream key of derivatives")
+    # The other kinds' streams hold one scope each (their entry ids come from the records' times).
+    derivatives_stream: str = option("derivatives:{venue}:{symbol}", StreamTemplate("venue", "symbol"),
+                                     "stream key of derivatives (funding, open interest, mark/index)")
+    dex_stream: str = option("dex:{chain}:{pool}", StreamTemplate("chain", "pool"), "stream key of DEX pool metrics")
+    flows_stream: str = option("flows:{chain}:{token}", StreamTemplate("chain", "token"),
+                               "stream key of on-chain token transfers")
+    prices_stream: str = option("prices:{source}:{coin_id}", StreamTemplate("source", "coin_id"),
+                                "stream key of aggregator prices")
+    prediction_books_stream: str = option("{venue}:books:{asset}", StreamTemplate("venue", "asset"),
+                                          "stream key of prediction-market order books")
+    prediction_trades_stream: str = option("{venue}:trades:{asset}", StreamTemplate("venue", "asset"),
+                                           "stream key of prediction-market trades")
+    whales_stream: str = option("whales:{address}", StreamTemplate("address"), "stream key of whale trades")
 
 
 @sink_type("kafka")

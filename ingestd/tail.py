@@ -2,10 +2,14 @@
 
     ingestd tail BTCUSDT              the last 10 trades, oldest first      (test_consumer.py BTCUSDT)
     ingestd tail BTCUSDT -n 0 -f      only new trades, until Ctrl-C         (test_consumer.py BTCUSDT 0)
-    ingestd tail --list               every trades stream with its length   (test_consumer.py list)
+    ingestd tail --list               every stream the sink writes, with its length (test_consumer.py list)
+    ingestd tail derivatives:bybit:BTCUSDT -f    any stream --list shows, by its key
 
 The server is --url, else $REDIS_URL, else the url of the first redis sink in the config file, else
-redis://localhost:6379/0; the stream name comes from that sink's trades_stream ("trades:{symbol}").
+redis://localhost:6379/0; the stream names come from that sink's templates (trades_stream
+"trades:{symbol}", derivatives_stream, ...: see ingestd.sinks.redis_streams). An argument with a
+colon that names an existing stream is that stream; anything else is a pair of the trades streams.
+Trades print as one readable line each, other entries as their fields (`ts=... funding_rate=...`).
 Everything read is printed with control characters escaped, so a crafted symbol or field cannot drive
 the terminal. Lines go out as soon as they are read (a pipe gets them without buffering delays).
 """
@@ -18,7 +22,6 @@ import time
 from typing import Any, Mapping, TextIO
 
 DEFAULT_URL = "redis://localhost:6379/0"
-DEFAULT_TEMPLATE = "trades:{symbol}"
 BLOCK_MS = 1000  # one XREAD BLOCK; short so the process notices a dead server within a second or so
 READ_COUNT = 1000
 RECONNECT_S = 1.0
@@ -32,15 +35,24 @@ class TailError(Exception):
     """A message for the user; exit 1."""
 
 
+def stream_templates(sink_config: Any | None) -> dict[str, str]:
+    """Record kind -> stream key template, from a redis sink's config (or the defaults)."""
+    from ingestd.config import RedisSinkConfig
+    from ingestd.sinks.redis_streams import ENTRY_KINDS, STREAM_KINDS
+
+    cfg = sink_config if sink_config is not None else RedisSinkConfig(name="tail", type="redis")
+    return {kind.kind: getattr(cfg, kind.template_option) for kind in [*STREAM_KINDS.values(), *ENTRY_KINDS.values()]}
+
+
 def resolve_target(url_flag: str | None, config_path: str | None, environ: Mapping[str, str],
-                   err: TextIO) -> tuple[str, str]:
-    """(url, trades stream template). Raises SystemExit(2) for a config file that exists but is invalid
-    when the URL depends on it."""
+                   err: TextIO) -> tuple[str, dict[str, str]]:
+    """(url, stream key template per record kind). Raises SystemExit(2) for a config file that exists
+    but is invalid when the URL depends on it."""
     from ingestd.config import ConfigError, load_config
     from ingestd.secrets import reveal
 
     url = url_flag or environ.get("REDIS_URL") or None
-    template = DEFAULT_TEMPLATE
+    templates = stream_templates(None)
     if config_path:
         try:
             config = load_config(config_path, environ=environ)
@@ -57,10 +69,10 @@ def resolve_target(url_flag: str | None, config_path: str | None, environ: Mappi
         else:
             sink = next((s for s in config.sinks.values() if s.type == "redis"), None)
             if sink is not None:
-                template = sink.trades_stream
+                templates = stream_templates(sink)
                 if url is None:
                     url = reveal(sink.url)
-    return url or DEFAULT_URL, template
+    return url or DEFAULT_URL, templates
 
 
 def printable(text: str) -> str:
@@ -93,18 +105,22 @@ def _connect(url: str) -> Any:
         raise TailError("the Redis URL is not valid (expected redis://HOST:PORT/DB or rediss://...)") from None
 
 
-def list_streams(client: Any, template: str, out: TextIO, err: TextIO) -> int:
-    """Every stream whose key matches the template with {symbol} as `*`, with its length (SCAN, not KEYS)."""
-    pattern = _glob_escape(template).replace("{symbol}", "*").replace("{venue}", "*")
-    keys = sorted(set(client.scan_iter(match=pattern, count=1000, _type="stream")))
+def list_streams(client: Any, templates: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    """Every stream whose key matches one of the templates with its placeholders as `*`, with its
+    length (SCAN, not KEYS), sorted by name."""
+    patterns = sorted({_pattern(template) for template in templates.values()})
+    keys: set[bytes] = set()
+    for pattern in patterns:
+        keys.update(client.scan_iter(match=pattern, count=1000, _type="stream"))
     if not keys:
-        print(f"no streams match {printable(pattern)}", file=err)
+        print(f"no streams match {printable(' '.join(patterns))}", file=err)
         return EXIT_OK
+    ordered = sorted(keys)
     pipe = client.pipeline(transaction=False)
-    for key in keys:
+    for key in ordered:
         pipe.xlen(key)
     lengths = pipe.execute()
-    names = [_decode(k) for k in keys]
+    names = [_decode(k) for k in ordered]
     width = max(len(n) for n in names)
     for name, length in zip(names, lengths):
         print(f"{name:<{width}}  {length:>10}", file=out)
@@ -112,8 +128,18 @@ def list_streams(client: Any, template: str, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _pattern(template: str) -> str:
+    """A SCAN MATCH pattern for a template: literal text escaped, each {placeholder} a `*`."""
+    import string
+
+    return "".join(
+        _glob_escape(literal) + ("*" if name is not None else "")
+        for literal, name, _, _ in string.Formatter().parse(template)
+    )
+
+
 def _glob_escape(text: str) -> str:
-    """Escape Redis MATCH pattern characters outside the {symbol}/{venue} placeholders."""
+    """Escape Redis MATCH pattern characters."""
     out = []
     for c in text:
         out.append("\\" + c if c in "*?[]\\" else c)
@@ -178,14 +204,16 @@ def run_tail(args: Any, *, environ: Mapping[str, str] | None = None, out: TextIO
         print("ingestd tail: -n must be 0 or more", file=err)
         return EXIT_CONFIG
     try:
-        url, template = resolve_target(args.url, args.config, environ, err)
+        url, templates = resolve_target(args.url, args.config, environ, err)
     except SystemExit as stop:
         return int(stop.code)
     where = describe_url(url)
     try:
         if args.list:
-            return list_streams(_connect(url), template, out, err)
-        key = stream_key(template, args.venue, args.pair)
+            return list_streams(_connect(url), templates, out, err)
+        key = stream_key(templates["trade"], args.venue, args.pair)
+        if ":" in args.pair and key != args.pair and _connect(url).exists(args.pair):
+            key = args.pair  # a stream key as --list shows it
         return tail_stream(lambda: _connect(url), key, args.count, args.follow, out, err)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -7,6 +7,43 @@ trimmed with `MAXLEN ~ stream_maxlen` (10000, $STREAM_MAXLEN). Book tops go to `
 (exchange, pair, ts, update_id, bid_px, bid_sz, ask_px, ask_sz, spread_bps, and bids/asks as JSON
 `[[price, size], ...]`). Entry ids are Redis's own (`*`: server time in ms), as before.
 
+The other record kinds
+----------------------
+Each goes to streams of its own, one stream per scope (the template option and its default; every
+placeholder must appear in it, see below):
+
+    Derivative       derivatives_stream        derivatives:{venue}:{symbol}  derivatives:bybit:BTCUSDT
+    DexMetric        dex_stream                dex:{chain}:{pool}            dex:ethereum:0x88e6...5640
+    OnchainFlow      flows_stream              flows:{chain}:{token}         flows:ethereum:0xa0b8...eb48
+    Price            prices_stream             prices:{source}:{coin_id}     prices:coingecko:bitcoin
+    PredictionBook   prediction_books_stream   {venue}:books:{asset}         polymarket:books:<token id>
+    PredictionTrade  prediction_trades_stream  {venue}:trades:{asset}        polymarket:trades:<token id>
+    WhaleTrade       whales_stream             whales:{address}              whales:0x1f2d...d0cf
+
+Every field is a string, like the trades': the scope first (`exchange`/`pair`, `chain`/`pool_address`,
+`chain`/`token`, `source`/`coin_id`, `exchange`/`asset_id`, `trader_address`), then the record's
+fields under their model names, times as ISO 8601 like `ts` (`ts`, `recv_ts`, `next_funding_ts`,
+`detected_at`), numbers in shortest round-trip decimal, big integers and amounts as the model's
+exact decimal strings, book levels as JSON, and an absent (None) value as "". Streams are trimmed
+with `MAXLEN ~ stream_maxlen` like the rest.
+
+Entry ids come from the record's own time, so a consumer can XRANGE by exchange/block/poll time,
+and Redis itself refuses a replay: `<ms>-<µs * 1,000,000 + n>`, where ms and µs are the record's
+`ts_us` and n counts records of the same stream at the same microsecond (0 for derivatives, DEX
+metrics and prices, whose natural key is their time; transfers of one block, or two books of one
+timestamp, get 0, 1, 2, ...). SLOT_SCRIPT appends a record when its time is above the stream's last
+entry; otherwise it looks the record up among that microsecond's entries by its key fields
+(block_hash + log_index, book_hash, tx_hash, trade_id + token_id): found is a duplicate (skipped,
+counted), not found is a record that arrived after a later one of its stream. Redis cannot insert
+it in the middle, so it is refused, logged as a warning and counted in `sink.<name>.late_refused`
+(and records_refused). The feeds produce each scope in time order (a ticker, a pool poll, blocks in
+order, a book channel, one whale's trades), which is why a stream holds one scope: a template without
+one of its placeholders would interleave two sequences and is refused by the config. Backfilled
+history older than a stream's last entry is therefore refused by this sink (the SQL sinks keep it).
+Deleting a stream resets its ids, so a replay after that is stored again. Times must be in
+(0, 2**53) µs; a record that cannot be encoded (lone surrogates, a time the C library cannot
+convert) is refused alone with a logged reason.
+
 Idempotency, and why not explicit entry ids
 ------------------------------------------
 Deriving entry ids from exchange time and trade id (`<ts_ms>-<trade_id>`) would make Redis refuse a
@@ -32,7 +69,8 @@ Venues with dense ids (Binance `t` and `a` go up by one) keep the fast path: id 
 comparison, no set at all. Venues with sparse ids keep their ids in the set until the next
 checkpoint (the feeds send one per tick) folds them into F. Book tops use a simpler rule per market,
 "last stored update id": a snapshot whose update_id is not above the last stored one is a duplicate
-or stale, and skipped. A new record kind (derivatives) is one more `StreamKind` entry below.
+or stale, and skipped. (The other kinds use explicit entry ids instead, above; a new kind is one more
+`EntryKind` entry.)
 
 Every script reads all of its keys before its first write, so a wrong key type fails the call before
 it changes anything; Redis runs a script to the end once it has written (an OOM refusal comes only at
@@ -96,7 +134,19 @@ from typing import Any, Callable, Sequence
 
 import msgspec
 
-from ingestd.model import BookTop, Checkpoint, Record, Trade
+from ingestd.model import (
+    BookTop,
+    Checkpoint,
+    Derivative,
+    DexMetric,
+    OnchainFlow,
+    PredictionBook,
+    PredictionTrade,
+    Price,
+    Record,
+    Trade,
+    WhaleTrade,
+)
 from ingestd.secrets import Secret, reveal
 from ingestd.sinks.base import Sink, SinkError
 from ingestd.stats import StatsRegistry
@@ -245,6 +295,119 @@ return {added, duplicates, overflow, show(start_floor), show(floor)}
 """
 
 
+# --- the script for the other kinds: explicit entry ids from the record's time --------------------
+# Entry id <ms>-<us * 1e6 + n>: ms and us (0-999) are the record's time, n counts records of one
+# stream at one microsecond (0 for kinds with one record per time). Each id is above the stream's
+# last-generated id, so Redis itself refuses anything at or below it, and a record that is not above
+# the top is looked up in its microsecond's entries ("slot") by its key fields: a duplicate if found,
+# else too late to append (refused, reported back by position).
+# KEYS: stream. ARGV: maxlen (0 = no trim), msgpack data:
+#   [nconst, nvar, nkey, const name/value pairs..., var names..., key var positions (1-based)...,
+#    then per record: ms, us, var values...], records ascending by (ms, us)
+# Returns {added, duplicates, late, positions of the late records (0-based)...}.
+SLOT_SCRIPT = r"""
+local stream = KEYS[1]
+local maxlen = tonumber(ARGV[1])
+local data = cmsgpack.unpack(ARGV[2])
+local fmt = string.format
+local SLOT = 1000000
+
+-- The stream's last-generated id (above every id it ever held, trimmed or deleted ones included).
+local top_ms, top_seq = -1, 0
+local kind = redis.call('TYPE', stream)['ok']
+if kind == 'stream' then
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms, seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
+      top_ms, top_seq = tonumber(ms), tonumber(seq)
+    end
+  end
+elseif kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. stream .. ' holds a ' .. kind .. ', not a stream')
+end
+
+local nconst, nvar, nkey = data[1], data[2], data[3]
+local args = {'XADD', stream, ''}
+local pos = 3
+for k = 1, 2 * nconst do pos = pos + 1; args[pos] = data[3 + k] end
+local names_at = 3 + 2 * nconst
+local slots, key_of_name, keypos = {}, {}, {}
+for k = 1, nvar do
+  args[pos + 1] = data[names_at + k]
+  slots[k] = pos + 2
+  pos = pos + 2
+end
+for k = 1, nkey do
+  keypos[k] = data[names_at + nvar + k]
+  key_of_name[data[names_at + keypos[k]]] = k
+end
+
+-- A record's identity within its microsecond: its key fields, length-prefixed so no two differ only
+-- in where one value ends.
+local function record_key(v)
+  local parts = {}
+  for k = 1, nkey do local s = data[v + keypos[k] - 1]; parts[k] = #s .. ':' .. s end
+  return table.concat(parts)
+end
+local function entry_key(fields)
+  local vals = {}
+  for j = 1, #fields, 2 do
+    local k = key_of_name[fields[j]]
+    if k then vals[k] = fields[j + 1] end
+  end
+  local parts = {}
+  for k = 1, nkey do local s = vals[k] or ''; parts[k] = #s .. ':' .. s end
+  return table.concat(parts)
+end
+
+local slot_ms, slot_us, slot_keys = nil, nil, nil
+local function load_slot(ms, us)
+  if slot_ms == ms and slot_us == us then return end
+  slot_ms, slot_us, slot_keys = ms, us, {}
+  local lo = us * SLOT
+  for _, entry in ipairs(redis.call('XRANGE', stream, fmt('%.0f-%.0f', ms, lo), fmt('%.0f-%.0f', ms, lo + SLOT - 1))) do
+    slot_keys[entry_key(entry[2])] = true
+  end
+end
+
+local added, duplicates, late = 0, 0, {}
+local n = 0
+for i = names_at + nvar + nkey + 1, #data, nvar + 2 do
+  local ms, us, v = data[i], data[i + 1], i + 2
+  local top_us = math.floor(top_seq / SLOT)
+  local seq = nil
+  if ms > top_ms or (ms == top_ms and us > top_us) then
+    seq = us * SLOT
+    slot_ms, slot_us, slot_keys = ms, us, {}
+  else
+    load_slot(ms, us)
+    if slot_keys[record_key(v)] then
+      duplicates = duplicates + 1
+    elseif ms == top_ms and us == top_us and top_seq + 1 < (us + 1) * SLOT then
+      seq = top_seq + 1
+    else
+      late[#late + 1] = n
+    end
+  end
+  if seq ~= nil then
+    args[3] = fmt('%.0f-%.0f', ms, seq)
+    for k = 1, nvar do args[slots[k]] = data[v + k - 1] end
+    redis.call(unpack(args))
+    slot_keys[record_key(v)] = true
+    top_ms, top_seq = ms, seq
+    added = added + 1
+  end
+  n = n + 1
+end
+
+if added > 0 and maxlen > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
+local out = {added, duplicates, #late}
+for k = 1, #late do out[3 + k] = late[k] end
+return out
+"""
+
+
 # --- field encoding ------------------------------------------------------------------------------
 
 _encode_json = msgspec.json.Encoder().encode
@@ -343,10 +506,153 @@ STREAM_KINDS: dict[str, StreamKind] = {
     BookTop.KIND: StreamKind(
         BookTop.KIND, "books_stream", "last", lambda b: b.update_id, lambda raw: _BOOK_FIELDS, _encode_books
     ),
-    # Derivatives (funding, open interest, liquidations) get an entry here once the model has them:
-    # template_option="derivatives_stream", mode "last" for periodic values keyed by time, "ids" for
-    # liquidations keyed by a venue id.
 }
+
+
+# --- the other kinds: one stream per natural scope, entry ids from the record's time --------------
+
+
+def _opt_num(x: float | None) -> str:
+    return "" if x is None else format_number(x)
+
+
+def _opt_int(x: int | None) -> str:
+    return "" if x is None else str(int(x))
+
+
+def _opt_str(x: str | None) -> str:
+    return "" if x is None else x
+
+
+def _opt_time(us: int | None, iso: IsoTime) -> str:
+    return "" if us is None else iso(us)
+
+
+def _levels(levels: list) -> str:
+    return _encode_json(levels).decode()
+
+
+@dataclass(frozen=True)
+class EntryKind:
+    """How one of the other record kinds is stored (see "The other record kinds" above).
+
+    `scope` names the template placeholders and reads their values from a record: the stream holds
+    exactly one scope, so its entry ids (from `ts_us`) form one sequence. `const` are the scope's
+    fields as they appear in every entry (name, placeholder); `encode` gives a record's other field
+    values, in the order of `fields`; `key` are the fields that tell two records of one microsecond
+    apart (none: one record per microsecond).
+    """
+
+    kind: str
+    template_option: str
+    scope: tuple[tuple[str, Callable[[Any], str]], ...]
+    const: tuple[tuple[str, str], ...]
+    fields: tuple[str, ...]
+    key: tuple[str, ...]
+    encode: Callable[[Any, IsoTime], tuple]
+
+    def scope_of(self, record: Any) -> tuple[str, ...]:
+        return tuple(get(record) for _, get in self.scope)
+
+    def stream_for(self, template: str, scope: tuple[str, ...]) -> str:
+        return template.format(**{name: value for (name, _), value in zip(self.scope, scope)})
+
+
+def _attr(name: str) -> Callable[[Any], str]:
+    return lambda record: getattr(record, name)
+
+
+ENTRY_KINDS: dict[str, EntryKind] = {
+    Derivative.KIND: EntryKind(
+        Derivative.KIND, "derivatives_stream",
+        scope=(("venue", _attr("venue")), ("symbol", _attr("symbol"))),
+        const=(("exchange", "venue"), ("pair", "symbol")),
+        fields=("ts", "funding_rate", "next_funding_ts", "open_interest", "open_interest_value", "mark_price",
+                "index_price", "basis", "recv_ts"),
+        key=(),
+        encode=lambda r, iso: (
+            iso(r.ts_us), _opt_num(r.funding_rate), _opt_time(r.next_funding_us, iso), _opt_num(r.open_interest),
+            _opt_num(r.open_interest_value), _opt_num(r.mark_price), _opt_num(r.index_price), _opt_num(r.basis),
+            iso(r.recv_us),
+        ),
+    ),
+    DexMetric.KIND: EntryKind(
+        DexMetric.KIND, "dex_stream",
+        scope=(("chain", _attr("chain")), ("pool", _attr("pool_address"))),
+        const=(("chain", "chain"), ("pool_address", "pool")),
+        fields=("ts", "liquidity", "tvl_usd", "volume_24h_usd", "price", "depth_2pct_usd", "recv_ts"),
+        key=(),
+        encode=lambda r, iso: (
+            iso(r.ts_us), r.liquidity, _opt_num(r.tvl_usd), _opt_num(r.volume_24h_usd), _opt_num(r.price),
+            _opt_num(r.depth_2pct_usd), iso(r.recv_us),
+        ),
+    ),
+    OnchainFlow.KIND: EntryKind(
+        OnchainFlow.KIND, "flows_stream",
+        scope=(("chain", _attr("chain")), ("token", _attr("token"))),
+        const=(("chain", "chain"), ("token", "token")),
+        fields=("ts", "block_number", "block_hash", "tx_hash", "log_index", "from_addr", "to_addr", "amount",
+                "from_tag", "to_tag", "recv_ts"),
+        key=("block_hash", "log_index"),
+        encode=lambda r, iso: (
+            iso(r.ts_us), str(int(r.block_number)), r.block_hash, r.tx_hash, str(int(r.log_index)), r.from_addr,
+            r.to_addr, r.amount, _opt_str(r.from_tag), _opt_str(r.to_tag), iso(r.recv_us),
+        ),
+    ),
+    Price.KIND: EntryKind(
+        Price.KIND, "prices_stream",
+        scope=(("source", _attr("source")), ("coin_id", _attr("coin_id"))),
+        const=(("source", "source"), ("coin_id", "coin_id")),
+        fields=("symbol", "ts", "price_usd", "market_cap", "market_cap_rank", "total_volume", "high_24h", "low_24h",
+                "price_change_24h", "price_change_pct_24h", "circulating_supply", "recv_ts"),
+        key=(),
+        encode=lambda r, iso: (
+            r.symbol, iso(r.ts_us), _opt_num(r.price_usd), _opt_num(r.market_cap), _opt_int(r.market_cap_rank),
+            _opt_num(r.total_volume), _opt_num(r.high_24h), _opt_num(r.low_24h), _opt_num(r.price_change_24h),
+            _opt_num(r.price_change_pct_24h), _opt_num(r.circulating_supply), iso(r.recv_us),
+        ),
+    ),
+    PredictionBook.KIND: EntryKind(
+        PredictionBook.KIND, "prediction_books_stream",
+        scope=(("venue", _attr("venue")), ("asset", _attr("asset_id"))),
+        const=(("exchange", "venue"), ("asset_id", "asset")),
+        fields=("market", "ts", "book_hash", "best_bid", "best_ask", "bids", "asks", "recv_ts"),
+        key=("book_hash",),
+        encode=lambda r, iso: (
+            r.market, iso(r.ts_us), r.book_hash, _opt_num(r.best_bid), _opt_num(r.best_ask), _levels(r.bids),
+            _levels(r.asks), iso(r.recv_us),
+        ),
+    ),
+    PredictionTrade.KIND: EntryKind(
+        PredictionTrade.KIND, "prediction_trades_stream",
+        scope=(("venue", _attr("venue")), ("asset", _attr("asset_id"))),
+        const=(("exchange", "venue"), ("asset_id", "asset")),
+        fields=("market", "ts", "price", "size", "side", "tx_hash", "fee_rate_bps", "recv_ts"),
+        key=("tx_hash",),
+        encode=lambda r, iso: (
+            r.market, iso(r.ts_us), format_number(r.price), format_number(r.size), r.side, r.tx_hash,
+            _opt_num(r.fee_rate_bps), iso(r.recv_us),
+        ),
+    ),
+    WhaleTrade.KIND: EntryKind(
+        WhaleTrade.KIND, "whales_stream",
+        scope=(("address", _attr("trader_address")),),
+        const=(("trader_address", "address"),),
+        fields=("trade_id", "market_id", "token_id", "side", "size", "price", "amount", "ts", "detected_at",
+                "pseudonym", "title", "outcome"),
+        key=("trade_id", "token_id"),
+        encode=lambda r, iso: (
+            r.trade_id, r.market_id, r.token_id, r.side, format_number(r.size), format_number(r.price),
+            format_number(r.amount), iso(r.ts_us), iso(r.detected_us), _opt_str(r.pseudonym), _opt_str(r.title),
+            _opt_str(r.outcome),
+        ),
+    ),
+}
+
+#: Entry id sequence numbers per microsecond: <ms>-<us * SLOT + n>.
+SLOT = 1_000_000
+#: Record times must be in (0, 2**53) µs: entry id 0-0 is not valid, and the script's numbers are doubles.
+MAX_TS_US = 1 << 53
 
 
 def stream_key(template: str, venue: str, symbol: str) -> str:
@@ -360,6 +666,27 @@ def _check_template(option: str, template: str) -> None:
         raise ValueError(
             f"{option} = {template!r}: only {{symbol}} and {{venue}} may be substituted ({exc!r})"
         ) from None
+
+
+def template_problem(template: str, placeholders: Sequence[str]) -> str | None:
+    """Why `template` cannot name a stream of one scope, or None: it must use every placeholder
+    (else two scopes would share a stream and its one id sequence) and no other."""
+    import string
+
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        return f"not a valid template ({exc})"
+    if "" in used or any(not name.isidentifier() for name in used):
+        return "placeholders must be named, like {" + placeholders[0] + "}"
+    unknown = sorted(used - set(placeholders))
+    if unknown:
+        return f"unknown placeholder {{{unknown[0]}}}; it may use " + ", ".join(f"{{{p}}}" for p in placeholders)
+    missing = [p for p in placeholders if p not in used]
+    if missing:
+        return "must contain " + ", ".join(f"{{{p}}}" for p in missing) + " (one stream per " + \
+            ", ".join(placeholders) + ": entry ids form one sequence per stream)"
+    return None
 
 
 def describe_url(url: str) -> str:
@@ -387,6 +714,19 @@ class _Call:
     keys: tuple[bytes, ...]
     args: tuple[bytes | str | int, ...]
     records: int
+    script: str = SCRIPT
+
+
+@dataclass
+class _EntryCall:
+    """One SLOT_SCRIPT call: one stream's records of one of the other kinds, sorted by time."""
+
+    kind: EntryKind
+    stream: str
+    keys: tuple[bytes, ...]
+    args: tuple[bytes | str | int, ...]
+    records: list
+    script: str = SLOT_SCRIPT
 
 
 class RedisStreamsSink(Sink):
@@ -416,6 +756,12 @@ class RedisStreamsSink(Sink):
             template = getattr(cfg, kind.template_option)
             _check_template(kind.template_option, template)
             self.templates[kind.kind] = template
+        for entry_kind in ENTRY_KINDS.values():
+            template = getattr(cfg, entry_kind.template_option)
+            problem = template_problem(template, [name for name, _ in entry_kind.scope])
+            if problem:
+                raise ValueError(f"{entry_kind.template_option} = {template!r}: {problem}")
+            self.templates[entry_kind.kind] = template
         self.dedup_window = dedup_window
         self.timeout_s = timeout_s
         self.where = describe_url(reveal(cfg.url))
@@ -425,8 +771,9 @@ class RedisStreamsSink(Sink):
         self._batches = f"sink.{name}.batches"
         self._refused = f"sink.{name}.records_refused"
         self._overflows = f"sink.{name}.dedup_window_overflows"
+        self._late = f"sink.{name}.late_refused"
         self._client: Any = None
-        self._sha: str | None = None
+        self._shas: dict[str, str] = {}  # script source -> its SHA1 as loaded into the server
         self._lock = threading.Lock()
         self._iso = IsoTime()
 
@@ -458,7 +805,7 @@ class RedisStreamsSink(Sink):
             try:
                 if client.eval("return type(cmsgpack)", 0) != b"table":
                     raise redis.ResponseError("its Lua has no cmsgpack library, which the sink's script needs")
-                self._sha = client.script_load(SCRIPT)
+                self._shas = {script: client.script_load(script) for script in (SCRIPT, SLOT_SCRIPT)}
             except redis.AuthenticationError as exc:  # a ConnectionError subclass, but no retry fixes it
                 self._client = None
                 client.close()
@@ -509,16 +856,23 @@ class RedisStreamsSink(Sink):
             return
         import redis
 
-        calls, refused = self._calls(batch)
+        market_records, other_records = [], []
+        for record in batch:
+            (other_records if getattr(record, "KIND", None) in ENTRY_KINDS else market_records).append(record)
+        calls, refused = self._calls(market_records) if market_records else ([], 0)
+        entry_calls: list[_EntryCall] = []
+        if other_records:
+            entry_calls, entry_refused = self._entry_calls(other_records)
+            refused += entry_refused
         results: list = []
-        if calls:
+        if calls or entry_calls:
             with self._lock:
                 client = self._connection()
                 try:
-                    results = self._execute(client, calls)
+                    results = self._execute(client, [*calls, *entry_calls])
                 except redis.RedisError as exc:
                     raise SinkError(f"{self.name}: write of {len(batch)} records to {self.where} failed: {exc}") from exc
-        added = duplicates = overflows = 0
+        added = duplicates = overflows = late = 0
         for call, (n_added, n_dups, overflow, floor_before, floor_after) in zip(calls, results):
             added += n_added
             duplicates += n_dups
@@ -530,30 +884,47 @@ class RedisStreamsSink(Sink):
                     self.name, _printable(call.stream), call.venue, _printable(call.symbol), self.dedup_window,
                     _text(floor_before) or "none", _text(floor_after),
                 )
+        for call, reply in zip(entry_calls, results[len(calls):]):
+            added += reply[0]
+            duplicates += reply[1]
+            if reply[2]:
+                late += reply[2]
+                self._log_late(call, [call.records[int(i)] for i in reply[3:]])
         stats = self._stats
         if stats is not None:
             stats.incr(self._rows_written, added)
             stats.incr(self._duplicates_skipped, duplicates)
             stats.incr(self._batches)
-            if refused:
-                stats.incr(self._refused, refused)
+            if refused or late:
+                stats.incr(self._refused, refused + late)
+            if late:
+                stats.incr(self._late, late)
             if overflows:
                 stats.incr(self._overflows, overflows)
 
-    def _execute(self, client: Any, calls: list[_Call]) -> list:
-        """Run every call in one pipelined round trip; reload the script once if the server lost it
+    def _log_late(self, call: _EntryCall, records: list) -> None:
+        first = records[0]
+        logger.warning(
+            "sink %s: refused %d %ss for stream %s: not stored there, and older than its last entry (a stream only"
+            " grows at its end; entry ids come from the records' times); the first at %s",
+            self.name, len(records), call.kind.kind, _printable(call.stream), self._iso(first.ts_us),
+        )
+
+    def _execute(self, client: Any, calls: list) -> list:
+        """Run every call in one pipelined round trip; reload a script once if the server lost it
         (a restart empties the script cache). Raises the first failed call's error."""
         from redis.exceptions import NoScriptError, ResponseError
 
-        if self._sha is None:
-            self._sha = client.script_load(SCRIPT)
+        for script in {call.script for call in calls}:
+            if script not in self._shas:
+                self._shas[script] = client.script_load(script)
         results: list = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
             for i in todo:
                 call = calls[i]
-                pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                pipe.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
             replies = pipe.execute(raise_on_error=False)
             missing = []
             for i, reply in zip(todo, replies):
@@ -561,16 +932,86 @@ class RedisStreamsSink(Sink):
                     missing.append(i)
                 elif isinstance(reply, Exception):
                     call = calls[i]
-                    raise ResponseError(
-                        f"{call.kind.kind}s of {call.venue}:{call.symbol!r} to stream {call.stream!r}: {reply}"
-                    )
+                    what = f"{call.venue}:{call.symbol!r}" if isinstance(call, _Call) else f"{len(call.records)}"
+                    raise ResponseError(f"{call.kind.kind}s of {what} to stream {call.stream!r}: {reply}")
                 else:
                     results[i] = reply
             if not missing:
                 break
-            self._sha = client.script_load(SCRIPT)
+            for script in {calls[i].script for i in missing}:
+                self._shas[script] = client.script_load(script)
             todo = missing
         return results
+
+    def _entry_calls(self, records: list) -> tuple[list[_EntryCall], int]:
+        """The other kinds' records grouped by stream, each group sorted by time, one call per group
+        (or per MAX_RECORDS_PER_CALL records)."""
+        groups: dict[tuple[str, tuple[str, ...]], list] = {}
+        for record in records:
+            kind = ENTRY_KINDS[record.KIND]
+            groups.setdefault((kind.kind, kind.scope_of(record)), []).append(record)
+        calls: list[_EntryCall] = []
+        refused = 0
+        for (kind_name, scope), group in groups.items():
+            kind = ENTRY_KINDS[kind_name]
+            try:
+                stream = kind.stream_for(self.templates[kind_name], scope)
+                stream_bytes = stream.encode()
+                const = [v for (field, placeholder) in kind.const for v in (field, scope[self._scope_index(kind, placeholder)])]
+                _encode_msgpack(const)
+            except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
+                logger.warning("sink %s: refused %d %ss of %s: the name is not valid text (%s)",
+                               self.name, len(group), kind_name, _printable(":".join(map(str, scope))), exc)
+                refused += len(group)
+                continue
+            good = []
+            for record in group:
+                ts = record.ts_us
+                if type(ts) is int and 0 < ts < MAX_TS_US:
+                    good.append(record)
+                else:
+                    refused += 1
+                    self._refuse_other(kind, record, f"time {ts!r} µs is not in (0, 2**53)")
+            good.sort(key=_ts_of)
+            head = [len(kind.const), len(kind.fields), len(kind.key), *const, *kind.fields,
+                    *(kind.fields.index(name) + 1 for name in kind.key)]
+            for k in range(0, len(good), MAX_RECORDS_PER_CALL):
+                chunk = good[k : k + MAX_RECORDS_PER_CALL]
+                packed, chunk, bad = self._pack_entries(kind, head, chunk)
+                refused += bad
+                if chunk:
+                    calls.append(_EntryCall(kind, stream, (stream_bytes,), (self.maxlen, packed), chunk))
+        return calls, refused
+
+    @staticmethod
+    def _scope_index(kind: EntryKind, placeholder: str) -> int:
+        return [name for name, _ in kind.scope].index(placeholder)
+
+    def _pack_entries(self, kind: EntryKind, head: list, records: list) -> tuple[bytes, list, int]:
+        """msgpack of head + (ms, µs, values...) per record. A record with a field that is not text
+        (a lone surrogate, a time the C library cannot convert, a wrong type) is refused alone."""
+        iso = self._iso
+        encode = kind.encode
+        nfields = len(kind.fields)
+        data = list(head)
+        keep = []
+        for r in records:
+            try:
+                values = encode(r, iso)
+                if len(values) != nfields or not all(type(v) is str for v in values):
+                    raise TypeError("a field is not text")
+                _encode_msgpack(values)  # these kinds are low-rate: checking each record is cheap enough
+            except Exception as exc:  # noqa: BLE001 - whatever the reason, only this record is refused
+                self._refuse_other(kind, r, f"cannot encode it ({type(exc).__name__}: {_short(exc)})")
+                continue
+            ms, us = divmod(r.ts_us, 1000)
+            data += [ms, us, *values]
+            keep.append(r)
+        return _encode_msgpack(data), keep, len(records) - len(keep)
+
+    def _refuse_other(self, kind: EntryKind, record: Any, reason: str) -> None:
+        logger.warning("sink %s: refused a %s of %s: %s", self.name, kind.kind,
+                       _printable(":".join(str(v) for v in kind.scope_of(record))), reason)
 
     def _calls(self, batch: Sequence[Record]) -> tuple[list[_Call], int]:
         """Group the batch by (kind, venue, symbol), each group sorted by id, with its checkpoint."""
@@ -694,6 +1135,15 @@ class RedisStreamsSink(Sink):
         if self._client is None:
             raise SinkError(f"{self.name}: sink is not open")
         return self._client
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _ts_of(record: Any) -> int:
+    return record.ts_us
 
 
 def _text(value: bytes | str) -> str:

@@ -68,15 +68,18 @@ def test_a_missing_stream_says_so(redis_url):
     assert "no stream trades:NOPE" in done.stderr
 
 
-def test_list_shows_trade_streams_with_their_lengths(sink, redis_url, redis_server):
+def test_list_shows_the_sinks_streams_with_their_lengths(sink, redis_url, redis_server):
     sink.write([trade(i) for i in range(1, 4)] + [trade(i, "ETHUSDT") for i in range(1, 8)])
     client = redis_server.client()
     client.set("trades:NOTASTREAM", "x")  # SCAN ... TYPE stream skips it
     client.xadd("books:BTCUSDT", {"a": "b"})
+    client.xadd("somebody:else", {"a": "b"})  # matches none of the sink's templates
     client.close()
     done = tail("--list", "--url", redis_url)
     assert done.returncode == 0, done.stderr
-    assert [row.split() for row in done.stdout.splitlines()] == [["trades:BTCUSDT", "3"], ["trades:ETHUSDT", "7"]]
+    assert [row.split() for row in done.stdout.splitlines()] == [
+        ["books:BTCUSDT", "1"], ["trades:BTCUSDT", "3"], ["trades:ETHUSDT", "7"]
+    ]
 
 
 def test_follow_prints_new_trades_and_ctrl_c_exits_quietly(sink, redis_url):
