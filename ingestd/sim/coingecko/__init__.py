@@ -1,0 +1,1 @@
+"""Loopback simulator of the CoinGecko API (`python -m ingestd.sim.coingecko`)."""
