@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ingestd: cannot create the state dir {state_dir}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     # One truth for the state dir: code reading config.daemon.state_dir sees the resolved one.
+    # Feeds that keep files there (the CoinGecko pair list) find it as under systemd's StateDirectory=.
+    os.environ["STATE_DIRECTORY"] = str(state_dir)
     config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, state_dir=str(state_dir)))
     setup_logging(args.log_level or config.daemon.log_level)
     from ingestd.supervisor import run_instance
@@ -114,6 +116,18 @@ def tail(args: argparse.Namespace) -> int:
     from ingestd.tail import run_tail
 
     return run_tail(args)
+
+
+def backfill(args: argparse.Namespace) -> int:
+    # Each family that can replay the past has ingestd/venues/<family>/backfill.py:run_backfill.
+    import importlib
+
+    try:
+        module = importlib.import_module(f"ingestd.venues.{args.family}.backfill")
+    except ModuleNotFoundError:
+        print(f"ingestd: no backfill for {args.family!r} in this version", file=sys.stderr)
+        return EXIT_CONFIG
+    return module.run_backfill(args)
 
 
 def db_migrate(args: argparse.Namespace) -> int:
@@ -284,6 +298,23 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
         "--venue", default="binance", help="fills {venue} in a stream template that has one (default: binance)"
     )
     tail_parser.set_defaults(handler=tail)
+
+    backfill_parser = _add_command(
+        commands,
+        "backfill",
+        "replay a lookback window of a feed family into its sinks",
+        "Fetch the past --days of a family's data from the venue's history API and write it to the\n"
+        "sinks of [feeds.FAMILY] through the normal pipeline (idempotent: nothing is stored twice), with\n"
+        "a progress bar on stderr (plain progress lines when stderr is not a terminal).\n\n"
+        "example:\n"
+        "  ingestd backfill coingecko --days 30     hourly prices of the priced coins, last 30 days",
+    )
+    backfill_parser.add_argument("family", metavar="FAMILY", help='feed family, e.g. "coingecko"')
+    backfill_parser.add_argument("--days", type=_positive(float), required=True, metavar="N",
+                                 help="how far back to replay, in days")
+    backfill_parser.add_argument("--state-dir", metavar="DIR",
+                                 help="where the SQLite store and spools live (as for `run`)")
+    backfill_parser.set_defaults(handler=backfill)
 
     db_parser = _add_command(commands, "db", "database maintenance for the postgres sinks", "Database commands.")
     db_commands = db_parser.add_subparsers(dest="db_command", title="commands", metavar="COMMAND", required=True)

@@ -48,7 +48,7 @@ class CoinGeckoClient:
         self.cfg = cfg
         self.stats = stats
         self.http = http
-        self.stopping = stopping or trio.Event()
+        self.stopping = stopping if stopping is not None else trio.Event()
         self._base = reveal(cfg.api_url).rstrip("/")
         self._headers = {"accept": "application/json", **protocol.key_header(cfg.api_plan, reveal(cfg.api_key))}
         self._key = reveal(cfg.api_key)
