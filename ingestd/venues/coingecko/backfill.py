@@ -42,7 +42,7 @@ class Progress:
         self.tty = out.isatty()
         self.done = 0
         self.records = 0
-        self._last_line = 0.0
+        self._last_line = -math.inf  # the first step always prints
         self._start = time.monotonic()
 
     def step(self, records: int, what: str) -> None:

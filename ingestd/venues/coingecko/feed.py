@@ -173,8 +173,9 @@ class CoinGeckoFeed:
         self.symbols = pairs
         self.stats.incr(f"{FAMILY}.discoveries")
         self.stats.set_gauge(f"{FAMILY}.pairs", len(pairs))
-        log.info("discovered tradable pairs", extra={"pairs": len(pairs), "changed": changed,
-                                                      "path": str(self.pairs_path)})
+        # Hourly in production: say it at info only when the list changed.
+        log.log(logging.INFO if changed else logging.DEBUG, "discovered tradable pairs",
+                extra={"pairs": len(pairs), "changed": changed, "path": str(self.pairs_path)})
         return True
 
     async def _discover(self) -> list[str]:
