@@ -45,6 +45,7 @@ RELOADABLE = {"symbols", "fallback_pairs"}  # feed keys SIGHUP applies; the rest
 # see ingestd.venues.feed_api. Imported on demand, so one instance loads only its own family.
 FEED_CLASSES: dict[str, str] = {
     "binance": "ingestd.venues.binance.feed:BinanceFeed",
+    "polymarket": "ingestd.venues.polymarket.feed:PolymarketFeed",
     "uniswap": "ingestd.venues.uniswap.feed:UniswapFeed",
     "coingecko": "ingestd.venues.coingecko.feed:CoinGeckoFeed",
 }
