@@ -122,9 +122,15 @@ def backfill(args: argparse.Namespace) -> int:
     # Each family that can replay the past has ingestd/venues/<family>/backfill.py:run_backfill.
     import importlib
 
+    name = f"ingestd.venues.{args.family}.backfill"
+    if not args.family.isidentifier():
+        print(f"ingestd: no backfill for {args.family!r} in this version", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        module = importlib.import_module(f"ingestd.venues.{args.family}.backfill")
-    except ModuleNotFoundError:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if not name.startswith(f"{error.name}."):  # a missing dependency, not a missing backfill
+            raise
         print(f"ingestd: no backfill for {args.family!r} in this version", file=sys.stderr)
         return EXIT_CONFIG
     return module.run_backfill(args)
@@ -329,6 +335,10 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
     )
     migrate_parser.add_argument("--sink", metavar="NAME", help="only this sink (default: every postgres sink)")
     migrate_parser.set_defaults(handler=db_migrate)
+
+    from ingestd.venues.polymarket import whales_cli  # argparse only; the stores load when it runs
+
+    whales_cli.add_command(commands, _add_command)
 
     sim_parser = _add_command(
         commands,

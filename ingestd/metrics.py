@@ -16,6 +16,9 @@ Metric names (the seeds' names first, where their meaning carries over)
     <venue>.duplicates_dropped            websocket_messages_received_total  type="duplicate"  venue, type
     <venue>.depth_updates                 websocket_messages_received_total  type="depth"      venue, type
     sum of <venue>.decode_errors.*        websocket_messages_received_total  type="malformed"  venue, type
+    <venue>.messages.<type>               websocket_messages_received_total  type=<type>       venue, type
+    <venue>.whale_trades_detected.<a>.<s> whale_trades_detected_total                          venue, address, side
+    <venue>.active_whale_subscriptions    active_whale_subscriptions                           venue
     <venue>.disconnects                   websocket_reconnections_total (a live connection      venue
                                           was lost and reconnecting began)
     sink.<s>.rows_written                 ingestion_success_total (rows stored)                 sink
@@ -272,6 +275,7 @@ _FEED_GAUGES: dict[str, tuple[str, str]] = {
     "connections_planned": ("ingestd_websocket_connections_planned", "WebSocket connections the feed runs"),
     "trades_missing": ("ingestd_trades_missing", "Trade ids missing and not yet backfilled"),
     "rest.used_weight_1m": ("ingestd_rest_used_weight", "REST request weight used in the venue's window"),
+    "active_whale_subscriptions": ("active_whale_subscriptions", "Whale wallets being watched"),
 }
 _SPOOL_GAUGES: dict[str, tuple[str, str]] = {
     "bytes": ("ingestd_spool_bytes", "Bytes held in the sink's disk spool"),
@@ -410,6 +414,15 @@ class IngestdCollector(Collector):
                 if fld.startswith("rest.http_"):
                     out.counter("ingestd_rest_responses", "REST responses by HTTP status",
                                 {"venue": who, "status": fld.removeprefix("rest.http_")}, value)
+                    continue
+                if fld.startswith("messages."):
+                    out.counter("websocket_messages_received", _WS_DOC,
+                                {"venue": who, "type": fld.removeprefix("messages.")}, value)
+                    continue
+                if fld.startswith("whale_trades_detected."):
+                    address, _, side = fld.removeprefix("whale_trades_detected.").rpartition(".")
+                    out.counter("whale_trades_detected", "Trades of watched whale wallets detected",
+                                {"venue": who, "address": address, "side": side}, value)
                     continue
                 spec = _FEED_COUNTERS.get(fld)
                 if spec is not None:
