@@ -129,7 +129,7 @@ def backfill(args: argparse.Namespace) -> int:
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as error:
-        if not name.startswith(f"{error.name}."):  # a missing dependency, not a missing backfill
+        if not f"{name}.".startswith(f"{error.name}."):  # a missing dependency, not a missing backfill
             raise
         print(f"ingestd: no backfill for {args.family!r} in this version", file=sys.stderr)
         return EXIT_CONFIG
