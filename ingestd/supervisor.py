@@ -48,6 +48,7 @@ FEED_CLASSES: dict[str, str] = {
     "polymarket": "ingestd.venues.polymarket.feed:PolymarketFeed",
     "uniswap": "ingestd.venues.uniswap.feed:UniswapFeed",
     "coingecko": "ingestd.venues.coingecko.feed:CoinGeckoFeed",
+    "evm": "ingestd.venues.evm.feed:EvmFeed",
 }
 
 

@@ -5,3 +5,4 @@ the feeds' own code (sockets, HTTP clients) is imported only by the instance tha
 from ingestd.venues.polymarket import settings as _polymarket  # noqa: F401
 from ingestd.venues.uniswap import settings as _uniswap  # noqa: F401
 from ingestd.venues.coingecko import settings as _coingecko  # noqa: F401
+from ingestd.venues.evm import settings as _evm  # noqa: F401

@@ -1,0 +1,1 @@
+"""Simulated Ethereum JSON-RPC node for the EVM feed (`python -m ingestd.sim.evm`)."""

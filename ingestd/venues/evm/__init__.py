@@ -1,0 +1,1 @@
+"""ERC-20 Transfer logs over Ethereum JSON-RPC (ingestd@evm)."""
