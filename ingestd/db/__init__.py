@@ -31,8 +31,9 @@ with TimescaleDB's retention policy set from `retention_days`.
 Numbers: prices, sizes and rates are double precision. The feeds hand over IEEE doubles
 (`Trade.price: float`); float8 stores them bit-exactly in 8 fixed bytes and takes them by binary
 COPY as is, while numeric would only spell out the same binary value in decimal, in more bytes and
-slower arithmetic. Token amounts (`onchain_flows.amount`) and pool liquidity are numeric: integers
-up to 2^256 that must stay exact. Times are timestamptz (UTC instants), converted exactly from the
+slower arithmetic. Token amounts (`onchain_flows.amount`, a uint256 scaled by the token's decimals,
+handed over as an exact decimal string) and pool liquidity (`dex_metrics.liquidity`, a uint128) are
+numeric: they must stay exact and do not fit a float. Times are timestamptz (UTC instants), converted exactly from the
 records' integer microseconds on the server.
 """
 

@@ -1,8 +1,8 @@
 """`ingestd db migrate [--config PATH] [--sink NAME]`: apply pending migrations to the postgres sinks.
 
 Output, one line per sink (stdout):
-    sinks.pg: applied 0001_reference_tables, 0002_time_series (postgres), 0003_data_quality_views; schema v3 (postgres)
-    sinks.pg: up to date (schema v3, postgres)
+    sinks.pg: applied 0001_reference_tables, 0002_time_series (postgres), ..., 0004_more_record_kinds (postgres); schema v4 (postgres)
+    sinks.pg: up to date (schema v4, postgres)
 Problems go to stderr as `ingestd: sinks.pg: ...`. Every sink is attempted even when one fails.
 Exit status: 0 all done, 1 a server could not be reached or a migration failed, 2 config problem.
 """

@@ -1,6 +1,7 @@
 """Maintenance of the time-series tables: partitions ahead of time, and retention.
 
-Plain PostgreSQL (tables partitioned by day, see migrations/0002_time_series.postgres.sql):
+Plain PostgreSQL (tables partitioned by day, see migrations/0002_time_series.postgres.sql and
+0004_more_record_kinds.postgres.sql; every table in TIME_SERIES_TABLES):
 - `ensure_partitions()` creates `<table>_pYYYYMMDD` for given UTC days; `run_maintenance()` calls it
   for today and the next `PARTITION_DAYS_AHEAD` days, and the sink calls it on demand for any
   other day a batch carries (a backfill of last week, a venue clock running ahead).
@@ -39,8 +40,11 @@ from psycopg import sql
 
 logger = logging.getLogger("ingestd.db")
 
-# The tables partitioned (or made hypertables) by time, all on column `ts`.
-TIME_SERIES_TABLES = ("ticks", "books", "derivatives", "dex_metrics", "onchain_flows")
+# The tables partitioned (or made hypertables) by time, all on column `ts` (migrations 0002 and 0004).
+TIME_SERIES_TABLES = (
+    "ticks", "books", "derivatives", "dex_metrics", "onchain_flows",
+    "prices", "prediction_books", "prediction_trades", "whale_trades",
+)
 
 PARTITION_DAYS_AHEAD = 2  # besides today
 MAINTENANCE_LOCK = 0x696E_6765_7374_02

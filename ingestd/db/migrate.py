@@ -18,6 +18,8 @@ harmless.
    step is either fully applied and recorded or not at all.
 
 A recorded step whose file has changed since (checksum) is reported with a warning, never re-run.
+The one exception is an edit to comments only, listed in `EARLIER_CHECKSUMS`: a database migrated
+from the earlier text has exactly the same schema, so it gets no warning.
 A database with versions this code does not know (a newer ingestd migrated it) is used as is with
 a warning: migrations only ever add, so older code keeps working against a newer schema.
 """
@@ -38,6 +40,13 @@ logger = logging.getLogger("ingestd.db")
 MIGRATION_LOCK = 0x696E_6765_7374_01  # "ingest" + 1
 
 MODES = ("postgres", "timescale")
+
+# Checksums of shipped files that were later edited in their comments only: (name, mode) -> sha256s.
+EARLIER_CHECKSUMS: dict[tuple[str, str], frozenset[str]] = {
+    # onchain_flows.amount's comment said "raw token units"; amounts are scaled by the token's decimals.
+    ("0002_time_series", "postgres"): frozenset({"237a315eb4b047df1f1f9bd1191bdd891b3ca74c60b7524d1a76a471c6fd5611"}),
+    ("0002_time_series", "timescale"): frozenset({"0a29e58db154bc03a99c9dc72df73adb90a9bb2caa7b2c89499b2abbccc14a1a"}),
+}
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<mode>postgres|timescale))?\.sql$")
 
@@ -172,7 +181,7 @@ def _migrate_locked(conn: psycopg.Connection, migrations: list[Migration], times
     for m in todo:
         if m.version in applied:
             name, recorded_mode, checksum = applied[m.version]
-            if checksum != m.checksum:
+            if checksum != m.checksum and checksum not in EARLIER_CHECKSUMS.get((m.name, m.mode), ()):
                 result.warnings.append(
                     f"migration {m.label} was applied from a file that has changed since; not re-running it"
                 )

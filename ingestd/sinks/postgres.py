@@ -1,5 +1,11 @@
 """The PostgreSQL / TimescaleDB sink: trades into `ticks`, book tops into `books`, resume points into
-`checkpoints`, in the legacy service's schema (ingestd/db/migrations).
+`checkpoints`, in the legacy service's schema (ingestd/db/migrations), and every other record kind into
+its table (`derivatives`, `dex_metrics`, `onchain_flows`, `prices`, `prediction_books`,
+`prediction_trades`, `whale_trades`) as declared in ingestd/sinks/tables.py, which both SQL sinks use.
+Trades and book tops keep hand-written row building (they carry an asset id per symbol); the other
+kinds take the same path from their declarations: COPY into their temp table, then INSERT ... SELECT
+with the conversions the declaration asks for (µs -> timestamptz, decimal text -> numeric, levels ->
+jsonb).
 
 One transaction per batch: the batch's rows are sent with binary `COPY` into session temp tables
 (`ON COMMIT DELETE ROWS`, created once per connection), moved into the real tables with
@@ -23,13 +29,15 @@ Round trips: beside a busy trio thread every wait on the server hands the GIL ov
 the 5 ms switch interval to get back, so a batch is BEGIN, one COPY per kind present (two round trips
 each), then the INSERTs, the checkpoint upsert and COMMIT in one pipeline (one round trip).
 
-Values PostgreSQL cannot hold: text with a NUL character, integers beyond bigint, times outside
-1970..9999, strings with lone surrogates. Checking every field of every record would cost more than
+Values PostgreSQL cannot hold: text with a NUL character, integers beyond bigint (or integer, for
+`integer` columns), times outside 1970..9999, strings with lone surrogates, decimals that are not
+digits. Checking every field of every record would cost more than
 the insert, so the batch is tried as is; when it fails on such a value, the transaction is rolled
 back, every record is screened, the offending ones are refused (logged with the reason, counted in
 `sink.<name>.records_refused`) and the rest is written. A data error that the screening does not
 explain (class 22 from the server) is isolated by splitting the batch in halves, in order, until
-the offending records are found; those are refused with the server's message. Anything else wrong
+the offending records are found; those are refused with the server's message. The screening is
+`ingestd.sinks.tables.refusal_reason`, shared with the SQLite sink. Anything else wrong
 with the input (a record of the wrong type) is a bug and raises.
 
 Connection loss: any error that leaves the connection broken raises SinkError and drops the
@@ -42,7 +50,7 @@ be stored; writing it again is harmless.
 Maintenance: `ingestd.db.run_maintenance` (partitions ahead, retention) runs in `open()` and then
 from `write()` at most once an hour, before that batch; see ingestd/db/maintenance.py for why.
 
-Assets: every symbol written gets an `assets` row (asset_id), registered in its own committed
+Assets: every trade and book symbol written gets an `assets` row (asset_id), registered in its own committed
 transaction before the batch, so the in-memory symbol -> asset_id cache only ever holds committed
 ids, as in the SQLite sink.
 
@@ -55,9 +63,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import operator
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import msgspec
 import psycopg
@@ -66,7 +75,8 @@ from psycopg import errors as pg_errors
 from ingestd.db import connect, describe_target, maintenance
 from ingestd.db.maintenance import EPOCH_DAY, MAX_DAY_NUMBER, MIN_DAY_NUMBER, US_PER_DAY, run_maintenance
 from ingestd.db.migrate import MigrationError, migrate
-from ingestd.model import BookTop, Checkpoint, Record, Trade
+from ingestd.model import BookTop, Checkpoint, Record
+from ingestd.sinks import tables
 from ingestd.sinks.base import Sink, SinkError
 from ingestd.stats import StatsRegistry
 
@@ -78,10 +88,12 @@ MAINTENANCE_RETRY_S = 300.0
 # Record times the sink stores: 1970-01-01 .. 9999-12-30 UTC (psycopg cannot read back years past 9999).
 MIN_TS_US = 0
 MAX_TS_US = (MAX_DAY_NUMBER + 1) * US_PER_DAY - 1  # the last day a partition can be made for
-_BIGINT = (-(1 << 63), (1 << 63) - 1)
 
-# Refused records logged one by one per batch, at most; the rest are summed up in one line.
-MAX_REFUSALS_LOGGED = 20
+MAX_REFUSALS_LOGGED = tables.MAX_REFUSALS_LOGGED
+
+# What PostgreSQL can hold (see refusal_reason).
+LIMITS = tables.Limits(store="PostgreSQL", nul_in_text=False, time_range=(MIN_TS_US, MAX_TS_US),
+                       time_words="a time between 1970 and 9999")
 
 # `timestamptz` from integer microseconds, exact (int8 * interval keeps whole microseconds).
 _US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
@@ -103,6 +115,30 @@ class _Table:
         self.copy = f"COPY {self.temp} ({names}) FROM STDIN (FORMAT BINARY)"
         self.insert = f"INSERT INTO {table} ({columns}) SELECT {select} FROM {self.temp}"
         self.insert_on_conflict = f"{self.insert} ON CONFLICT ({key}) DO NOTHING"
+
+    @classmethod
+    def declared(cls, t: tables.Table) -> "_Table":
+        """The statements of a kind stored by its declaration (ingestd/sinks/tables.py)."""
+        return cls(
+            t.name,
+            key=", ".join(t.partition_key),
+            temp_columns=[(c.name, _COPY_TYPES[c.type]) for c in t.columns],
+            columns=", ".join(t.column_names),
+            select=", ".join(_SELECT[c.type].format(c.name) for c in t.columns),
+        )
+
+
+# How each declared column type travels: COPY as (temp table type), then converted on INSERT ... SELECT.
+_COPY_TYPES = {
+    tables.TEXT: "text", tables.BIGINT: "int8", tables.INTEGER: "int8", tables.FLOAT: "float8",
+    tables.TIME: "int8", tables.DECIMAL: "text", tables.LEVELS: "text",
+}
+_SELECT = {
+    tables.TEXT: "{}", tables.BIGINT: "{}", tables.INTEGER: "{}", tables.FLOAT: "{}", tables.TIME: _US,
+    tables.DECIMAL: "{}::numeric", tables.LEVELS: "{}::jsonb",
+}
+# Reading back: text for what Python would otherwise turn into Decimal or parsed JSON.
+_READ = {tables.DECIMAL: "{}::text", tables.LEVELS: "{}::text"}
 
 
 TICKS = _Table(
@@ -131,6 +167,9 @@ BOOKS = _Table(
     ),
 )
 
+GENERIC = {t: _Table.declared(t) for t in tables.GENERIC}
+ALL_TABLES = (TICKS, BOOKS, *GENERIC.values())
+
 # A checkpoint only moves forward: a replayed old batch must not rewind resume.
 _UPSERT_CHECKPOINTS = """
 INSERT INTO checkpoints AS c (venue, symbol, trade_id, updated_at)
@@ -150,9 +189,11 @@ _MAYBE_BAD_VALUE = (psycopg.DataError, pg_errors.CheckViolation, UnicodeEncodeEr
 _encode_json = msgspec.json.Encoder().encode
 _decode_levels = msgspec.json.Decoder(list[tuple[float, float]]).decode
 
+DEFAULT_COUNTED = ("assets", "ticks", "books", "checkpoints")
+
 
 class PostgresSink(Sink):
-    """Stores trades, book tops and checkpoints in PostgreSQL (TimescaleDB when available).
+    """Stores every record kind in PostgreSQL (TimescaleDB when available).
 
     `cfg` is a `PostgresSinkConfig` (host, port, dbname, user, password, retention_days, timescale,
     connect_timeout_s). The sink never logs the password."""
@@ -237,13 +278,14 @@ class PostgresSink(Sink):
 
     def _prepare_session(self, conn: psycopg.Connection) -> None:
         """Per-connection setup: temp tables, and what partitions exist. Commits."""
-        for table in (TICKS, BOOKS):
+        for table in ALL_TABLES:
             conn.execute(table.create_temp)
         partitioned = maintenance.partitioned_tables(conn)
+        written = {table.table for table in ALL_TABLES}
         self._partition_days = {
             table: {(day - EPOCH_DAY).days for day in maintenance.existing_partitions(conn, table)}
             for table in partitioned
-            if table in (TICKS.table, BOOKS.table)
+            if table in written
         }
         conn.commit()
 
@@ -327,14 +369,7 @@ class PostgresSink(Sink):
             _rollback_quietly(conn)
             first_error = exc
         # Slow path: some value may be unstorable. Screen every record, refuse the bad ones.
-        kept: list[Record] = []
-        refusals: list[tuple[Record, str]] = []
-        for record in batch:
-            reason = refusal_reason(record)
-            if reason is None:
-                kept.append(record)
-            else:
-                refusals.append((record, reason))
+        kept, refusals = tables.screen(batch, LIMITS)
         if not refusals and not isinstance(first_error, (psycopg.DataError, pg_errors.CheckViolation)):
             raise first_error  # nothing wrong with the records: a bug, not bad input
         self._log_refusals(refusals)
@@ -373,19 +408,15 @@ class PostgresSink(Sink):
         return first[0] + second[0], first[1] + second[1], first[2] + second[2]
 
     def _log_refusals(self, refusals: list[tuple[Record, str]]) -> None:
-        for record, reason in refusals[:MAX_REFUSALS_LOGGED]:
-            logger.warning("sink %s: refused %s: %s", self.name, describe_record(record), reason)
-        if len(refusals) > MAX_REFUSALS_LOGGED:
-            logger.warning(
-                "sink %s: refused %d more records of this batch (not listed)",
-                self.name, len(refusals) - MAX_REFUSALS_LOGGED,
-            )
+        tables.log_refusals(logger, self.name, refusals)
 
     def _store(self, conn: psycopg.Connection, records: Sequence[Record]) -> tuple[int, int]:
         """Store records in one transaction; returns (rows inserted, rows attempted).
 
         Asset ids and partitions are made beforehand, in their own transactions."""
-        trades, books, checkpoints = _group_by_kind(records)
+        groups = tables.group_by_table(records, "PostgresSink")
+        trades = groups.get(tables.TICKS, ())
+        books = groups.get(tables.BOOKS, ())
         if trades or books:
             self._register_assets(conn, {t.symbol for t in trades} | {b.symbol for b in books})
         if trades:
@@ -393,54 +424,64 @@ class PostgresSink(Sink):
         if books:
             self._ensure_partitions(conn, BOOKS.table, {b.ts_us // US_PER_DAY for b in books})
         asset_id = self._asset_ids.__getitem__
-        tick_rows = [
-            (t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol))
-            for t in trades
-        ]
-        book_rows = [
-            (
-                b.venue, b.symbol, b.update_id, b.ts_us, b.recv_us, b.bid_px, b.bid_sz, b.ask_px, b.ask_sz,
-                b.spread_bps, _encode_json(b.bids).decode(), _encode_json(b.asks).decode(), asset_id(b.symbol),
-            )
-            for b in books
-        ]
+        work: list[tuple[_Table, list[tuple]]] = []
+        if trades:
+            work.append((TICKS, [
+                (t.venue, t.symbol, t.trade_id, t.ts_us, t.price, t.qty, t.side, t.recv_us, asset_id(t.symbol))
+                for t in trades
+            ]))
+        if books:
+            work.append((BOOKS, [
+                (
+                    b.venue, b.symbol, b.update_id, b.ts_us, b.recv_us, b.bid_px, b.bid_sz, b.ask_px, b.ask_sz,
+                    b.spread_bps, _encode_json(b.bids).decode(), _encode_json(b.asks).decode(), asset_id(b.symbol),
+                )
+                for b in books
+            ]))
+        for declared, kind_records in groups.items():
+            target = GENERIC.get(declared)
+            if target is None:
+                continue
+            time_of = operator.attrgetter(declared.time_field)
+            self._ensure_partitions(conn, target.table, {time_of(r) // US_PER_DAY for r in kind_records})
+            row = declared.row
+            work.append((target, [row(r) for r in kind_records]))
+        checkpoints = groups.get(tables.CHECKPOINTS)
         cp_arrays = _checkpoint_arrays(checkpoints) if checkpoints else None
-        attempted = len(tick_rows) + len(book_rows)
+        attempted = sum(len(rows) for _, rows in work)
         if self._optimistic:
             try:
-                return self._transaction(conn, tick_rows, book_rows, cp_arrays, optimistic=True), attempted
+                return self._transaction(conn, work, cp_arrays, optimistic=True), attempted
             except pg_errors.UniqueViolation:
                 # Some row is stored already (a retry, a replay, another writer): the transaction is
                 # void, so do it again the slow way. Replays come in runs: stay on the slow way
                 # until a batch turns out to hold no duplicate.
                 _rollback_quietly(conn)
                 self._optimistic = False
-        inserted = self._transaction(conn, tick_rows, book_rows, cp_arrays, optimistic=False)
+        inserted = self._transaction(conn, work, cp_arrays, optimistic=False)
         if inserted == attempted and self._optimistic_enabled:
             self._optimistic = True
         return inserted, attempted
 
     def _transaction(
-        self, conn: psycopg.Connection, tick_rows: list[tuple], book_rows: list[tuple], cp_arrays: tuple | None,
+        self, conn: psycopg.Connection, work: list[tuple[_Table, list[tuple]]], cp_arrays: tuple | None,
         *, optimistic: bool,
     ) -> int:
         """BEGIN, COPY into the temp tables, INSERT ... SELECT, upsert checkpoints, COMMIT; rows inserted.
 
         Round trips are what a batch costs beside a busy trio thread (each wait hands the GIL over),
-        so everything after the COPYs goes in one pipeline: BEGIN, one or two COPYs (two round
+        so everything after the COPYs goes in one pipeline: BEGIN, one COPY per table (two round
         trips each), then INSERTs + upsert + COMMIT together."""
         with conn.cursor() as cur:
-            for table, rows in ((TICKS, tick_rows), (BOOKS, book_rows)):
-                if rows:
-                    with cur.copy(table.copy) as copy:
-                        copy.set_types(table.types)
-                        write_row = copy.write_row
-                        for row in rows:
-                            write_row(row)
-        statements: list[tuple[str, Any]] = []
-        for table, rows in ((TICKS, tick_rows), (BOOKS, book_rows)):
-            if rows:
-                statements.append((table.insert if optimistic else table.insert_on_conflict, None))
+            for table, rows in work:
+                with cur.copy(table.copy) as copy:
+                    copy.set_types(table.types)
+                    write_row = copy.write_row
+                    for row in rows:
+                        write_row(row)
+        statements: list[tuple[str, Any]] = [
+            (table.insert if optimistic else table.insert_on_conflict, None) for table, _ in work
+        ]
         inserting = len(statements)
         if cp_arrays is not None:
             statements.append((_UPSERT_CHECKPOINTS, cp_arrays))
@@ -495,12 +536,30 @@ class PostgresSink(Sink):
         )
         return [update_id for (update_id,) in rows]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, table_names: Sequence[str] = DEFAULT_COUNTED) -> dict[str, int]:
         """Rows per table (a full count: for tests, the demo and operators, not the hot path)."""
-        return {
-            table: self._query(f"SELECT count(*) FROM {table}")[0][0]
-            for table in ("assets", "ticks", "books", "checkpoints")
-        }
+        for table in table_names:
+            if table not in DEFAULT_COUNTED and table not in tables.BY_NAME:
+                raise ValueError(f"no table {table!r}")
+        return {table: self._query(f"SELECT count(*) FROM {table}")[0][0] for table in table_names}
+
+    def records(self, kind: type) -> list:
+        """Every stored record of a kind stored by declaration (Derivative, Price, ...), as records,
+        in natural-key order."""
+        table = tables.BY_KIND[kind.KIND]
+        if table not in GENERIC:
+            raise ValueError(f"{kind.__name__} is not read back generically")
+        columns = ", ".join(_READ.get(c.type, "{}").format(c.name) for c in table.columns)
+        rows = self._query(f"SELECT {columns} FROM {table.name} ORDER BY {', '.join(table.key)}")
+        times = [i for i, c in enumerate(table.columns) if c.type == tables.TIME]
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in times:
+                if values[i] is not None:
+                    values[i] = _us(values[i])
+            out.append(table.record_from_row(values))
+        return out
 
     def latest_book(self, venue: str, symbol: str) -> BookTop | None:
         """The stored book top with the highest update id, or None."""
@@ -531,86 +590,20 @@ class PostgresSink(Sink):
 
 # --- screening ---------------------------------------------------------------------------------
 
-_TEXT_FIELDS = {Trade: ("venue", "symbol", "side"), BookTop: ("venue", "symbol"), Checkpoint: ("venue", "symbol")}
-_ID_FIELDS = {Trade: ("trade_id",), BookTop: ("update_id",), Checkpoint: ("trade_id",)}
-_TIME_FIELDS = {Trade: ("ts_us", "recv_us"), BookTop: ("ts_us", "recv_us"), Checkpoint: ()}
-_NUMBER_FIELDS = {
-    Trade: ("price", "qty"),
-    BookTop: ("bid_px", "bid_sz", "ask_px", "ask_sz", "spread_bps"),
-    Checkpoint: (),
-}
-
 
 def refusal_reason(record: Record) -> str | None:
-    """Why PostgreSQL cannot store this record as it is, or None when it can."""
-    kind = type(record)
-    if kind not in _TEXT_FIELDS:
-        raise TypeError(f"PostgresSink cannot store {record!r}")
-    for name in _TEXT_FIELDS[kind]:
-        value = getattr(record, name)
-        if value is None and name == "side":
-            continue
-        if not isinstance(value, str):
-            return f"{name} is {type(value).__name__}, not text"
-        if "\x00" in value:
-            return f"{name} contains a NUL character, which PostgreSQL text cannot hold"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"{name} is not valid Unicode (it holds a lone surrogate)"
-    for name in _ID_FIELDS[kind]:
-        value = getattr(record, name)
-        if not isinstance(value, int) or not _BIGINT[0] <= value <= _BIGINT[1]:
-            return f"{name}={value!r} is not a 64-bit integer"
-    for name in _TIME_FIELDS[kind]:
-        value = getattr(record, name)
-        if not isinstance(value, int) or not MIN_TS_US <= value <= MAX_TS_US:
-            return f"{name}={value!r} is not a time between 1970 and 9999 in microseconds"
-    for name in _NUMBER_FIELDS[kind]:
-        value = getattr(record, name)
-        try:
-            float(value)
-        except (TypeError, ValueError, OverflowError):
-            return f"{name}={value!r} is not a number"
-        if isinstance(value, str):
-            return f"{name}={value!r} is not a number"
-    if kind is BookTop:
-        for name in ("bids", "asks"):
-            try:
-                _decode_levels(_encode_json(getattr(record, name)))
-            except (TypeError, ValueError, OverflowError, msgspec.MsgspecError) as exc:
-                return f"{name} are not [price, size] pairs: {exc}"
-    return None
+    """Why PostgreSQL cannot store this record as it is, or None when it can (TypeError for a
+    non-record)."""
+    return tables.refusal_reason(record, LIMITS)
 
 
-def describe_record(record: Record) -> str:
-    """A short, log-safe description: kind, market and key (repr shows control characters escaped)."""
-    key = getattr(record, "trade_id", None)
-    if isinstance(record, BookTop):
-        key = record.update_id
-    text = f"{record.KIND} venue={record.venue!r} symbol={record.symbol!r} id={key!r}"
-    return text if len(text) <= 300 else text[:297] + "..."
+describe_record = tables.describe_record
 
 
 # --- helpers (no state of their own) ------------------------------------------------------------
 
 
-def _group_by_kind(batch: Iterable[Record]) -> tuple[list[Trade], list[BookTop], list[Checkpoint]]:
-    trades: list[Trade] = []
-    books: list[BookTop] = []
-    checkpoints: list[Checkpoint] = []
-    append_to = {Trade.KIND: trades.append, BookTop.KIND: books.append, Checkpoint.KIND: checkpoints.append}
-    for record in batch:
-        try:
-            append = append_to[record.KIND]
-        except (KeyError, AttributeError):
-            # A programming error, not a store failure: no retry can fix it, so not a SinkError.
-            raise TypeError(f"PostgresSink cannot store {record!r}") from None
-        append(record)
-    return trades, books, checkpoints
-
-
-def _checkpoint_arrays(checkpoints: list[Checkpoint]) -> tuple[list[str], list[str], list[int]]:
+def _checkpoint_arrays(checkpoints: Sequence[Checkpoint]) -> tuple[list[str], list[str], list[int]]:
     """One row per market with the batch's highest trade id (an upsert must not touch a row twice)."""
     highest: dict[tuple[str, str], int] = {}
     for cp in checkpoints:

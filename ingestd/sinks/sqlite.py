@@ -476,7 +476,7 @@ class SqliteSink(Sink):
                 generic_values.append((insert, values))
                 attempted += len(records)
         checkpoint_values = _checkpoint_values(groups.get(tables.CHECKPOINTS, ()))
-        inserted = _in_transaction(conn, _store, tick_values, book_values, generic_values, checkpoint_values)
+        inserted = _in_transaction(conn, _insert_rows, tick_values, book_values, generic_values, checkpoint_values)
         return inserted, attempted
 
     def _tick_values(self, trades: Sequence[Trade]) -> list:
@@ -614,7 +614,7 @@ def _in_transaction(conn: sqlite3.Connection, work, *args):
     return result
 
 
-def _store(
+def _insert_rows(
     conn: sqlite3.Connection, tick_values: list, book_values: list, generic_values: list[tuple[_MultiRowInsert, list]],
     checkpoint_values: list,
 ) -> int:

@@ -17,8 +17,11 @@ from tests.pg_server import Database, free_port, pg_database, pg_server  # noqa:
 
 REPO = Path(__file__).resolve().parents[2]
 
-TABLES = ("assets", "dex_pools", "ticks", "books", "derivatives", "dex_metrics", "onchain_flows", "checkpoints")
-TIME_SERIES = ("ticks", "books", "derivatives", "dex_metrics", "onchain_flows")
+TABLES = ("assets", "dex_pools", "ticks", "books", "derivatives", "dex_metrics", "onchain_flows", "checkpoints",
+          "prices", "prediction_books", "prediction_trades", "whale_trades")
+TIME_SERIES = ("ticks", "books", "derivatives", "dex_metrics", "onchain_flows", "prices", "prediction_books",
+               "prediction_trades", "whale_trades")
+PRICE_VIEWS = ("price_latest", "price_volatility", "price_daily", "price_comparisons", "price_roi")
 
 
 @pytest.fixture
@@ -55,13 +58,14 @@ def test_migrations_apply_once_and_a_second_run_is_up_to_date(conn: psycopg.Conn
     assert first.mode == "postgres"
     assert [m.label for m in first.applied] == [
         "0001_reference_tables", "0002_time_series (postgres)", "0003_data_quality_views",
+        "0004_more_record_kinds (postgres)",
     ]
-    assert first.version == latest_version() == 3
+    assert first.version == latest_version() == 4
     second = migrate(conn)
-    assert second.up_to_date and second.version == 3 and second.warnings == []
+    assert second.up_to_date and second.version == 4 and second.warnings == []
     rows = conn.execute("SELECT version, name, mode FROM schema_migrations ORDER BY version").fetchall()
     assert rows == [(1, "0001_reference_tables", "any"), (2, "0002_time_series", "postgres"),
-                    (3, "0003_data_quality_views", "any")]
+                    (3, "0003_data_quality_views", "any"), (4, "0004_more_record_kinds", "postgres")]
 
 
 def test_every_migration_file_is_idempotent_on_its_own(conn: psycopg.Connection) -> None:
@@ -95,7 +99,7 @@ def test_the_schema_has_every_table_key_and_view(conn: psycopg.Connection) -> No
     )}
     assert partitioned == set(TIME_SERIES)
     views = {name for (name,) in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
-    assert {"dq_tick_gaps", "dq_price_outliers"} <= views
+    assert {"dq_tick_gaps", "dq_price_outliers", *PRICE_VIEWS} <= views
 
 
 def test_the_runbooks_asset_insert_works(conn: psycopg.Connection) -> None:
@@ -127,7 +131,7 @@ def test_two_daemons_migrating_at_once_apply_each_step_once(pg_database: Databas
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(len(r.applied) for r in results) == [0, 0, 0, 3]
+    assert sorted(len(r.applied) for r in results) == [0, 0, 0, 4]
 
 
 def test_timescale_on_without_the_extension_is_refused(conn: psycopg.Connection) -> None:
@@ -211,10 +215,11 @@ def test_cli_migrate_applies_then_reports_up_to_date(pg_database: Database, tmp_
     cfg = write_config(tmp_path / "ingestd.toml", pg_database)
     first = run_cli("db", "migrate", "--config", str(cfg))
     assert first.returncode == 0, first.stderr
-    assert "sinks.pg: applied 0001_reference_tables, 0002_time_series (postgres), 0003_data_quality_views" in first.stdout
+    assert ("sinks.pg: applied 0001_reference_tables, 0002_time_series (postgres), 0003_data_quality_views,"
+            " 0004_more_record_kinds (postgres); schema v4 (postgres)") in first.stdout
     second = run_cli("--config", str(cfg), "db", "migrate", "--sink", "pg")
     assert second.returncode == 0, second.stderr
-    assert "sinks.pg: up to date (schema v3, postgres)" in second.stdout
+    assert "sinks.pg: up to date (schema v4, postgres)" in second.stdout
 
 
 def test_cli_migrate_fails_clearly_when_it_cannot_connect(pg_database: Database, tmp_path: Path) -> None:
@@ -298,10 +303,15 @@ def test_the_timescale_variant_runs_against_a_stand_in_of_the_timescaledb_api(co
             conn.execute(statements)
     conn.commit()
     calls = [c for (c,) in conn.execute("SELECT call FROM ts_calls")]
-    tables = ["ticks", "books", "derivatives", "dex_metrics", "onchain_flows"]
-    assert calls == [f"create_hypertable {t} ts 1 day" for t in tables] + [
-        f"add_compression_policy {t} 7 days" for t in tables
-    ]
+    first = ["ticks", "books", "derivatives", "dex_metrics", "onchain_flows"]  # 0002
+    then = ["prices", "prediction_books", "prediction_trades", "whale_trades"]  # 0004
+    assert calls == (
+        [f"create_hypertable {t} ts 1 day" for t in first] + [f"add_compression_policy {t} 7 days" for t in first]
+        + [f"create_hypertable {t} ts 1 day" for t in then] + [f"add_compression_policy {t} 7 days" for t in then]
+    )
+    assert column_types(conn, "derivatives")["recv_ts"] == "timestamp with time zone"
+    views = {name for (name,) in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+    assert set(PRICE_VIEWS) <= views
     for table in TIME_SERIES:  # plain tables, not partitioned: TimescaleDB makes the chunks
         assert conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone() == ("r",)
     assert primary_key(conn, "ticks") == ["venue", "symbol", "trade_id", "ts"]

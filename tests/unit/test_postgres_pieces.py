@@ -80,8 +80,8 @@ def test_screening_a_foreign_object_is_a_type_error() -> None:
 
 
 def test_describe_record_escapes_and_bounds_what_it_logs() -> None:
-    assert describe_record(trade(symbol="A\x00B")) == "trade venue='binance' symbol='A\\x00B' id=1"
-    assert describe_record(book(update_id=9)).endswith("id=9")
+    assert describe_record(trade(symbol="A\x00B")) == "trade venue='binance' symbol='A\\x00B' trade_id=1"
+    assert describe_record(book(update_id=9)).endswith("update_id=9")
     assert len(describe_record(trade(symbol="x" * 10_000))) == 300
 
 

@@ -15,8 +15,8 @@
 --
 -- Prices and sizes are double precision: the feeds deliver IEEE doubles (model.Trade.price is a
 -- float), which float8 stores bit-exactly in 8 fixed bytes with fast binary COPY; numeric would
--- only spell out the same binary value in decimal, bigger and slower. Token amounts and pool
--- liquidity are numeric: they are integers up to 2^256 that must stay exact.
+-- only spell out the same binary value in decimal, bigger and slower. Token amounts (a uint256
+-- scaled by the token's decimals) and pool liquidity (a uint128) are numeric: they must stay exact.
 
 CREATE TABLE IF NOT EXISTS ticks (
     ts       timestamptz      NOT NULL,  -- exchange trade time
@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS onchain_flows (
     token        text,
     from_addr    text,
     to_addr      text,
-    amount       numeric,                -- raw token units, exact
+    amount       numeric,                -- scaled by the token's decimals (1.5 USDC is 1.5), exact
     from_tag     text,
     to_tag       text,
     PRIMARY KEY (chain, block_hash, log_index, ts)

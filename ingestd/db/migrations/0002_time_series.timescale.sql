@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS onchain_flows (
     token        text,
     from_addr    text,
     to_addr      text,
-    amount       numeric,                -- raw token units, exact
+    amount       numeric,                -- scaled by the token's decimals (1.5 USDC is 1.5), exact
     from_tag     text,
     to_tag       text,
     PRIMARY KEY (chain, block_hash, log_index, ts)
