@@ -7,6 +7,7 @@ may answer `DROP` to cut the TCP connection without a response (the "connection 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -56,6 +57,10 @@ class HttpResponse:
 
 DROP = object()  # a handler's answer meaning: close the connection without responding
 
+# The connection whose request is being handled (each Trio task has its own context), so that
+# /_sim/drop can answer on its own connection while cutting all the others.
+_current_stream: contextvars.ContextVar[trio.SocketStream | None] = contextvars.ContextVar("stream", default=None)
+
 Handler = Callable[[HttpRequest], Awaitable["HttpResponse | object"]]
 
 
@@ -69,9 +74,11 @@ class HttpServer:
         await trio.serve_tcp(self._connection, port, host=host, task_status=task_status)
 
     def drop_all(self) -> int:
-        """Cut every open connection now (no response, no close_notify)."""
+        """Cut every other open connection now, without a response."""
         n = 0
         for stream in list(self._streams):
+            if stream is _current_stream.get():
+                continue
             try:
                 stream.socket.close()
                 n += 1
@@ -82,6 +89,7 @@ class HttpServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         self._streams.add(stream)
+        _current_stream.set(stream)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         try:
             while True:
