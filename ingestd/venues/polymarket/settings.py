@@ -95,6 +95,10 @@ class PolymarketFeedConfig(FeedConfig):
         base, cap = values["reconnect_base_s"], values["reconnect_cap_s"]
         if _ok(base, cap) and base > cap:
             yield "reconnect_base_s", f"must not exceed reconnect_cap_s ({cap:g}), got {base:g}"
+        if _ok(values["shards"]) and values["shards"] != 1:
+            yield "shards", "must be 1: one process polls every whale (the Data API's rate limit is per client)"
+        if _ok(values["shard"]) and values["shard"] not in (None, (1, 1)):
+            yield "shard", "the polymarket feed is not sharded; leave it unset"
         sink, sinks = values["whales_sink"], values["sinks"]
         if _ok(sink, sinks) and sink and sink not in sinks:
             yield "whales_sink", f'"{sink}" is not one of this feed\'s sinks ({", ".join(sinks)})'
