@@ -534,6 +534,11 @@ class RedisSinkConfig(SinkConfig):
     whales_stream: str = option("whales:{address}", StreamTemplate("address"), "stream key of whale trades")
 
 
+# Kafka's own rule for topic names: 1 to 249 of these characters, and not "." or "..".
+_TOPIC = Text("a topic name of 1-249 characters a-z, A-Z, 0-9, '.', '_', '-'", r"(?!\.\.?$)[A-Za-z0-9._-]{1,249}",
+              accepts_secret=False)
+
+
 @sink_type("kafka")
 @dataclass(frozen=True, kw_only=True)
 class KafkaSinkConfig(SinkConfig):
@@ -541,9 +546,15 @@ class KafkaSinkConfig(SinkConfig):
         ("localhost:9092",), ListOf(Text("host:port", r"[^\s:]+:\d+", accepts_secret=False), "host:port addresses",
                                     min_items=1), "brokers to bootstrap from"
     )
-    trades_topic: str = option("market_trades", Text(accepts_secret=False), "topic of trades")
-    books_topic: str = option("order_books", Text(accepts_secret=False), "topic of book snapshots")
-    whales_topic: str = option("whale_activity", Text(accepts_secret=False), "topic of whale trades")
+    trades_topic: str = option("market_trades", _TOPIC, "topic of trades")
+    books_topic: str = option("order_books", _TOPIC, "topic of book snapshots")
+    whales_topic: str = option("whale_activity", _TOPIC, "topic of whale trades (the legacy whale_trade events)")
+    prediction_trades_topic: str = option("market_trades", _TOPIC, "topic of prediction-market trades")
+    prediction_books_topic: str = option("order_books", _TOPIC, "topic of prediction-market order books")
+    derivatives_topic: str = option("derivatives", _TOPIC, "topic of derivatives (funding, open interest, mark/index)")
+    dex_topic: str = option("dex_metrics", _TOPIC, "topic of DEX pool metrics")
+    flows_topic: str = option("onchain_flows", _TOPIC, "topic of on-chain token transfers")
+    prices_topic: str = option("prices", _TOPIC, "topic of aggregator prices")
     compression: str = option("gzip", Choice("none", "gzip", "snappy", "lz4", "zstd"), "producer compression codec")
     client_id: str = option("ingestd", Text(accepts_secret=False), "client id the brokers see")
     delivery_timeout_s: float = option(30.0, Number(1, 3600), "retry a batch this long before spooling it")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingestd.model import BookTop, Trade
+from ingestd.model import Trade
 from ingestd.sinks import kafka as kafka_module
 from ingestd.sinks.kafka import ROUTES, DeliveredWindow, iso_ms, market_key
 
@@ -80,48 +80,28 @@ def test_market_keys_are_utf8_venue_colon_symbol():
         market_key("b", "\ud800")
 
 
-def test_routes_cover_trades_and_books_and_are_extendable(monkeypatch):
-    assert ROUTES[Trade.KIND].topic_option == "trades_topic" and ROUTES[Trade.KIND].event_type == "market_trade"
-    assert ROUTES[BookTop.KIND].topic_option == "books_topic" and ROUTES[BookTop.KIND].event_type == "order_book"
-    monkeypatch.setitem(ROUTES, "whale", None)  # register_route is how a whale feed adds its kind
+def test_iso_us_and_iso_s_are_exact():
+    assert kafka_module.iso_us(1_730_464_496_123_999) == "2024-11-01T12:34:56.123999Z"
+    assert kafka_module.iso_s(1_730_464_496_000_000) == "2024-11-01T12:34:56Z"  # the legacy whale format
+    assert kafka_module.iso_s(1_730_464_496_000_001) == "2024-11-01T12:34:56.000001Z"
+
+
+def test_every_record_kind_has_a_route_with_a_probe_that_reads_its_messages_back():
+    from ingestd.model import RECORD_TYPES
+    from tests import samples
+
+    assert set(ROUTES) == set(RECORD_TYPES) - {"checkpoint"}
+    records = [*samples.one_of_each_new_kind(3), Trade("binance", "BTCUSDT", 7, 1.0, 2.0, "buy", 5_000_123, 5_000_999)]
+    for record in records:
+        route = ROUTES[record.KIND]
+        probe = kafka_module._decode_probe(kafka_module._encode(route.to_event(record)))
+        assert probe.KIND == record.KIND
+        assert probe.market() == route.market(record) and probe.natural_id() == route.natural_id(record), record.KIND
+
+
+def test_routes_are_extendable(monkeypatch):
+    monkeypatch.setitem(ROUTES, "x", None)
     kafka_module.register_route(
-        kafka_module.Route("whale", "whales_topic", "whale_trade", "trade_id", lambda r: r, lambda r: r.trade_id)
+        kafka_module.Route("x", "whales_topic", "x_event", lambda r: r, lambda r: ("v", "s"), lambda r: r.trade_id)
     )
-    assert ROUTES["whale"].topic_option == "whales_topic"
-
-
-def test_the_cached_partitioner_agrees_with_kafka_pythons_default():
-    from kafka.partitioner import DefaultPartitioner
-
-    class Cluster:
-        def __init__(self, n):
-            self.n = n
-
-        def topics(self):
-            return {"t"}
-
-        def partitions_for_topic(self, topic):
-            return set(range(self.n))
-
-        def available_partitions_for_topic(self, topic):
-            return set(range(self.n))
-
-    ours, theirs = kafka_module._CachedKeyPartitioner(), DefaultPartitioner()
-    for n in (1, 3, 4, 12):
-        for i in range(200):
-            key = f"binance:SYM{i}".encode()
-            assert ours.partition("t", key, key, None, None, Cluster(n)) == theirs.partition(
-                "t", key, key, None, None, Cluster(n)
-            )
-
-
-def test_gzip_batches_use_the_level_other_kafka_clients_use():
-    import gzip
-
-    from kafka.record import default_records
-
-    kafka_module._set_gzip_level()
-    kafka_module._set_gzip_level()  # idempotent
-    encode = default_records.gzip_encode
-    assert encode.keywords == {"compresslevel": kafka_module.GZIP_LEVEL} == {"compresslevel": 6}
-    assert gzip.decompress(encode(b"ingestd" * 1000)) == b"ingestd" * 1000
+    assert ROUTES["x"].topic_option == "whales_topic"
