@@ -2,7 +2,7 @@
 DURATION ?= 20
 STATE_DIR ?= ./ingestd-demo
 
-.PHONY: demo test bench
+.PHONY: demo test bench deb
 
 demo:
 	./scripts/bootstrap.sh
@@ -15,3 +15,8 @@ test:
 bench:
 	./scripts/bootstrap.sh --test
 	.venv/bin/python bench/run_all.py
+
+# dist/ingestd_<version>_<arch>.deb (dh-virtualenv), checked by lintian; installs its own build
+# dependencies and skips the build when dist/ already holds one built from the same sources.
+deb:
+	./packaging/build-deb.sh
