@@ -49,6 +49,7 @@ FEED_CLASSES: dict[str, str] = {
     "uniswap": "ingestd.venues.uniswap.feed:UniswapFeed",
     "coingecko": "ingestd.venues.coingecko.feed:CoinGeckoFeed",
     "evm": "ingestd.venues.evm.feed:EvmFeed",
+    "bybit": "ingestd.venues.bybit.feed:BybitFeed",
 }
 
 

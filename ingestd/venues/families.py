@@ -6,3 +6,4 @@ from ingestd.venues.polymarket import settings as _polymarket  # noqa: F401
 from ingestd.venues.uniswap import settings as _uniswap  # noqa: F401
 from ingestd.venues.coingecko import settings as _coingecko  # noqa: F401
 from ingestd.venues.evm import settings as _evm  # noqa: F401
+from ingestd.venues.bybit import settings as _bybit  # noqa: F401
