@@ -13,6 +13,7 @@ from ingestd.config import (
     FEED_FAMILIES,
     SINK_TYPES,
     BinanceFeedConfig,
+    FeedConfig,
     KafkaSinkConfig,
     PostgresSinkConfig,
     RedisSinkConfig,
@@ -24,6 +25,7 @@ from ingestd.config import (
     parse_config,
 )
 from ingestd.secrets import Secret
+from ingestd.supervisor import FEED_CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "etc" / "ingestd.toml"
@@ -87,7 +89,12 @@ def test_registries_are_keyed_by_type_and_family():
     assert SINK_TYPES == {
         "sqlite": SqliteSinkConfig, "postgres": PostgresSinkConfig, "redis": RedisSinkConfig, "kafka": KafkaSinkConfig,
     }
-    assert FEED_FAMILIES == {"binance": BinanceFeedConfig}
+    assert FEED_FAMILIES["binance"] is BinanceFeedConfig
+    # Every family registers a FeedConfig under the name it runs as, and the supervisor can build it.
+    assert {"binance", "bybit", "uniswap", "evm", "polymarket", "coingecko"} <= set(FEED_FAMILIES)
+    for family, schema in FEED_FAMILIES.items():
+        assert issubclass(schema, FeedConfig), family
+        assert family in FEED_CLASSES, f"{family} has a schema but no feed class in supervisor.FEED_CLASSES"
 
 
 def test_sections_are_frozen():
