@@ -86,13 +86,6 @@ class ChainWindow:
             dropped += len(self.blocks.pop(number).transfers)
         return dropped
 
-    def block_of(self, transfer: Transfer) -> int | None:
-        """The window block a (removed) log belongs to, if we hold that very log."""
-        block = self.blocks.get(transfer.block_number)
-        if block is not None and block.header.hash == transfer.block_hash:
-            return transfer.block_number
-        return None
-
     def final_blocks(self, safe: int) -> list[PendingBlock]:
         """Window blocks at or below `safe` (the last final block number), oldest first."""
         return [self.blocks[n] for n in range(self.finalized + 1, min(safe, self.tip) + 1)]

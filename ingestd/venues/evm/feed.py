@@ -11,7 +11,7 @@ One poll (protocol facts: reference/venues.md section 6):
 1. `eth_blockNumber` -> head; blocks up to `safe = head - confirmations` are final.
 2. Reorg check: the node's hash of our window's tip must still be ours (a header commits to its
    parent, so then every window block still is); if not, walk down to the fork point and drop the
-   window above it (chain.py). A log the node marks `removed` drops its block the same way.
+   window above it (chain.py).
 3. Window blocks now at or below `safe` are emitted, oldest first, followed by a Checkpoint
    (venue "evm", symbol = chain, trade_id = last final block), in one chunk.
 4. With no window left and final blocks still unread (start, restart, a long pause): backfill them
@@ -20,6 +20,8 @@ One poll (protocol facts: reference/venues.md section 6):
 5. The unfinalized blocks tip+1..head join the window: their headers (hash-linked), their logs,
    then the last header again. If that last hash changed meanwhile, a reorg raced the reads and
    the extension is dropped; logs whose block hash is not the header's are refused the same way.
+   Logs marked `removed` (an abandoned branch's, as a node may send right after a reorg) are
+   never kept.
 
 So only final blocks reach the sinks, and a block reaches them exactly once: the checkpoint travels
 in the same chunk as the block's transfers, and a restart resumes at checkpoint + 1.
@@ -161,8 +163,9 @@ class EvmFeed:
 
     async def update_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
         """Follow a subset of the configured tokens, named by symbol or address (empty: all of
-        them). A token added here is read from the next block fetched on: the blocks before were
-        read without it, so its history is not backfilled (as for a first start without start_block)."""
+        them). The change applies from the next block read: a token added is not backfilled (as on
+        a first start without start_block), and the unfinalized blocks already read keep the
+        transfers of a token removed."""
         names = {w.lower() for w in wanted}
         chosen = [t for t in self.cfg.tokens if not names or t.symbol.lower() in names or t.address in names]
         known = {t.symbol.lower() for t in self.cfg.tokens} | set(self._tokens)
@@ -459,6 +462,9 @@ class EvmFeed:
         if again is None or again.hash != headers[-1].hash:
             self._inconsistent("the newest block changed while its logs were read", start, end)
             return
+        # `removed: true` marks a log of a block that left the canonical chain (a node answering
+        # right after a reorg). Such logs are never kept; one that names a block we just read as
+        # canonical means the node contradicts itself, so nothing of this read is trusted.
         by_number = {h.number: h for h in headers}
         live: list[Transfer] = []
         for t in transfers:
@@ -468,12 +474,8 @@ class EvmFeed:
             self.stats.incr("evm.removed_logs")
             header = by_number.get(t.block_number)
             if header is not None and header.hash == t.block_hash:
-                self._inconsistent("the node marks a log of a block it serves as removed", start, end)
+                self._inconsistent("the node marks a log of a block it serves as canonical as removed", start, end)
                 return
-            held = window.block_of(t)
-            if held is not None:  # a block we hold left the canonical chain
-                self._on_reorg(window.tip, held - 1, "log removed")
-                return  # the next poll reads from the fork point again
         reason = window.extend(headers, live, recv_us)
         if reason is not None:
             self._inconsistent(reason, start, end)
