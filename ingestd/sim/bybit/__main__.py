@@ -8,7 +8,7 @@ from functools import partial
 
 import trio
 
-from ingestd.sim.bybit.server import PATH, BybitSim, SimOptions
+from ingestd.sim.bybit.server import PATH, SimOptions, serve
 from ingestd.sim.http_server import write_ports_file
 
 EPILOG = f"""\
@@ -96,17 +96,12 @@ def options_from(args: argparse.Namespace) -> SimOptions:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    sim = BybitSim(options_from(args))
     async with trio.open_nursery() as nursery:
-        ws = await nursery.start(partial(sim.serve_ws, args.host, args.ws_port))
-        rest = await nursery.start(partial(sim.http.serve, args.host, args.rest_port))
-        nursery.start_soon(sim.run_market)
-        nursery.start_soon(sim.run_faults)
-        ws_url = f"ws://{args.host}:{ws[0].socket.getsockname()[1]}{PATH}"
-        rest_url = f"http://{args.host}:{rest[0].socket.getsockname()[1]}"
-        write_ports_file(args.ports_file, {"ws_url": ws_url, "rest_url": rest_url, "control_url": rest_url,
-                                           "symbols": list(sim.market.symbols)})
-        logging.getLogger("ingestd.sim.bybit").info("serving %s and %s", ws_url, rest_url)
+        sim = await nursery.start(partial(serve, options_from(args), args.host, ws_port=args.ws_port,
+                                          rest_port=args.rest_port))
+        write_ports_file(args.ports_file, {"ws_url": sim.ws_url, "rest_url": sim.rest_url,
+                                           "control_url": sim.rest_url, "symbols": list(sim.market.symbols)})
+        logging.getLogger("ingestd.sim.bybit").info("serving %s and %s", sim.ws_url, sim.rest_url)
 
 
 def main() -> int:

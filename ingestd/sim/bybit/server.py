@@ -74,6 +74,8 @@ class BybitSim:
         self.faults_on = True
         self.paused = False
         self.max_sessions = 0
+        self.ws_url = ""
+        self.rest_url = ""
 
     # --- fan-out ------------------------------------------------------------------------------------
 
@@ -205,6 +207,20 @@ class BybitSim:
                 "max_connections": self.max_sessions, "faults_on": self.faults_on, "paused": self.paused}
 
 
+async def serve(options: SimOptions, host: str = "127.0.0.1", *, ws_port: int = 0, rest_port: int = 0,
+                task_status: trio.TaskStatus[BybitSim] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the whole simulator until cancelled; reports the BybitSim, its `ws_url` and `rest_url` set."""
+    sim = BybitSim(options)
+    async with trio.open_nursery() as nursery:
+        ws = await nursery.start(sim.serve_ws, host, ws_port)
+        http = await nursery.start(sim.http.serve, host, rest_port)
+        sim.ws_url = f"ws://{host}:{ws[0].socket.getsockname()[1]}{PATH}"
+        sim.rest_url = f"http://{host}:{http[0].socket.getsockname()[1]}"
+        nursery.start_soon(sim.run_market)
+        nursery.start_soon(sim.run_faults)
+        task_status.started(sim)
+
+
 def _ok(result: dict) -> bytes:
     return _encode({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": wall_ms()})
 
@@ -213,4 +229,4 @@ def _error(code: int, message: str) -> bytes:
     return _encode({"retCode": code, "retMsg": message, "result": {}, "retExtInfo": {}, "time": wall_ms()})
 
 
-__all__ = ["BybitSim", "SimOptions", "PATH"]
+__all__ = ["BybitSim", "SimOptions", "PATH", "serve"]
