@@ -5,31 +5,32 @@ Task tree (one nursery per level, nothing outlives its parent):
     PolymarketFeed.run
     ├── state task          the only owner of books, tapes and whale state; the only sender to the router
     └── producers           everything that feeds the state task through one bounded inbox
-        ├── connection × N  one WebSocket per `assets_per_connection` outcome tokens, each with a
-        │                   PING heartbeat and a subscriber that sends (un)subscribe changes
+        ├── connection × N  one WebSocket per `assets_per_connection` outcome tokens (channel.py)
         ├── whales loader   reads the whales table every `whales_reload_s`
         ├── whale poller    Data API `trades?user=` for each enabled whale, spread over `poll_interval_s`
-        ├── backfill worker Data API `trades?market=` for tapes with a hole (reconnects, new markets)
-        └── ticker          books due for storing, gauges, the heartbeat
+        ├── backfill worker Data API `trades?market=` for tapes with a hole
+        └── ticker          books due for storing, resume points, gauges, the heartbeat
 
 Books: each token has a local book from the venue's `book` snapshots and `price_change` levels,
-stored as a PredictionBook when it changed, at most every `book_interval_ms`, and once more when it
-settles. The venue sends no sequence numbers; its best bid/ask after each change is checked against
-ours, and a disagreement resubscribes the token for a fresh snapshot. A reconnect resubscribes and
-takes the fresh snapshots.
+stored as a PredictionBook when it changed, at most every `book_interval_ms`, and once more when
+it settles. The venue sends no sequence numbers; its best bid/ask after each change is checked
+against ours, and a disagreement subscribes the token again for a fresh snapshot. A reconnect
+resubscribes and takes the fresh snapshots.
 
-Trades (the tape of each token): `last_trade_price` events while connected. The tape of a token
-starts at the second of its first snapshot (or earlier, at a whale's trade in a market first
-followed because of that whale), and every hole since - before the first snapshot, while
-disconnected - is filled from the Data API (`?market=`), de-duplicated by (transaction hash, token)
-against what the WebSocket delivered. So within a run the tape is complete. Across a restart it is
-not resumed: the API has second resolution, the WebSocket milliseconds, so a trade fetched twice
-would not match its stored copy on the sinks' natural key.
+Trades (the tape of each token): `last_trade_price` events while connected, and the Data API
+(`?market=`) for every hole: before a token's first snapshot, while disconnected, before a
+restart (from the token's Checkpoint), and back to the first trade a whale made in it (within
+`backfill_max_s`). Market trade times are whole seconds (`ts`; `recv_ts` keeps the receive time):
+the Data API has nothing finer, and one trade must have one natural key (token, tx hash, ts)
+whichever source delivered it, so that the sinks drop the copies a backfill brings again. The
+feed also drops the copies it remembers (by transaction hash, per token) before sending them.
+A Checkpoint per token (trade_id = a second S: every trade before S was emitted) follows the
+trades in-band.
 
 Whale trades: every enabled whale's fills are polled from the Data API, de-duplicated by
 (transaction hash, token), and stored as WhaleTrade (Kafka: `whale_activity`). A Checkpoint per
-wallet (trade_id = the newest trade second seen) follows its trades in-band; a restart asks again
-from there minus `whale_lookback_s`, and the sinks' natural key (tx hash, token, wallet) drops repeats.
+wallet (trade_id = the newest trade second seen) follows its trades; a restart asks again from
+there minus `whale_lookback_s`, and the sinks' natural key (tx hash, token, wallet) drops repeats.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ from typing import Any
 import httpx
 import trio
 
-from ingestd.backoff import Backoff
 from ingestd.logs import RateLimitedLog
 from ingestd.model import Checkpoint, PredictionBook, PredictionTrade, Record, WhaleTrade
 from ingestd.pipeline import Router
 from ingestd.secrets import reveal
 from ingestd.stats import StatsRegistry, now_us
-from ingestd.transport.ws import ConnectionClosed, connect_ws
 from ingestd.venues.polymarket import data_api, protocol
 from ingestd.venues.polymarket.book import LocalBook
+from ingestd.venues.polymarket.channel import Channel, Chunk, ConnectionDown, Group
 from ingestd.venues.polymarket.data_api import DataTrade
 from ingestd.venues.polymarket.data_client import DataClient
 from ingestd.venues.polymarket.whales import Whale, WhaleStore, normalize_address, store_for_sink_object
@@ -59,31 +59,20 @@ from ingestd.venues.polymarket.whales import Whale, WhaleStore, normalize_addres
 VENUE = "polymarket"
 log = logging.getLogger("ingestd.polymarket")
 
-TICK_S = 0.1  # book emission check, gauges, heartbeat
+TICK_S = 0.1  # book emission check and heartbeat
+SLOW_TICK_S = 1.0  # resume points, gauges, forgetting old trades
 INBOX_CAPACITY = 64
-SEEN_RETENTION_S = 900  # how long a token remembers the trades it emitted (bounded by pending backfills)
+SEEN_RETENTION_S = 900  # a token remembers the trades it emitted this long (older repeats: the sinks drop them)
 BACKFILL_RETRY_S = 1.0
-OUTGOING_PER_S = 10.0  # our messages per second per connection (subscribe changes, pings)
 
 
 # --- inbox messages ------------------------------------------------------------------------------
 
 @dataclass(slots=True)
-class _Chunk:
-    recv_us: int
-    events: list
-
-
-@dataclass(slots=True)
-class _ConnectionDown:
-    assets: list[str]
-
-
-@dataclass(slots=True)
 class _WhalePolled:
     address: str
     trades: list[DataTrade]
-    emit_from_s: int | None  # older trades only reveal markets (they were stored before a restart)
+    emit_from_s: int | None  # older trades were stored before a restart; they only reveal markets
     detected_us: int
     applied: trio.Event = field(default_factory=trio.Event)
 
@@ -91,7 +80,6 @@ class _WhalePolled:
 @dataclass(slots=True)
 class _Backfilled:
     condition_id: str
-    start_s: int  # it holds every trade of the market from this second to the request
     trades: list[DataTrade]
     applied: trio.Event = field(default_factory=trio.Event)
 
@@ -120,17 +108,16 @@ _TICK = _Tick()
 @dataclass(slots=True)
 class _Asset:
     book: LocalBook
+    group: Group
     configured: bool
     by_whale: bool = False  # followed because an enabled whale traded it
-    receiving: bool = False  # the tape is arriving over a live connection (since its snapshot)
-    tape_start_s: int | None = None  # the tape is complete from this second on (set by the first book)
-    wanted_from_s: int | None = None  # before the first book: a whale asks the tape to start here
+    receiving: bool = False  # its trades arrive over a live connection (since a snapshot)
+    tape_start_s: int | None = None  # the tape holds every trade from this second on (set at the first book)
+    wanted_from_s: int | None = None  # before the first book: where the tape should start
     needs_from_s: int | None = None  # a hole from here on, to fill once the book is live again
     last_trade_s: int | None = None
-    seen: dict[str, int] = field(default_factory=dict)  # tx hash -> trade second, for de-duplication
-    seen_floor_s: int = 0  # `seen` holds every trade emitted from this second on; what is older is stored
-    fresh: list[tuple[int, int]] = field(default_factory=list)  # [lo, hi) seconds the tape was extended
-    # back over: nothing there was emitted before the backfill that fills them
+    seen: dict[str, int] = field(default_factory=dict)  # tx hash -> trade second
+    checkpointed: int | None = None
     dirty: bool = False
     last_emit: float = -math.inf
     emitted: tuple[int, str] | None = None  # (ts_ms, hash) of the last stored book
@@ -146,28 +133,6 @@ class _WhaleState:
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-@dataclass
-class _Group:
-    """The tokens one WebSocket carries; its subscriber keeps the connection's subscription equal
-    to `assets`."""
-
-    index: int
-    assets: list[str] = field(default_factory=list)
-    subscribed: set[str] = field(default_factory=set)
-    resync: set[str] = field(default_factory=set)  # subscribe again for a fresh book
-    changed: trio.Event = field(default_factory=trio.Event)
-    scope: trio.CancelScope | None = None  # the current connection attempt
-
-    def notify(self) -> None:
-        self.changed.set()
-
-    async def wait_changed(self) -> None:
-        ev = self.changed
-        await ev.wait()
-        if self.changed is ev:
-            self.changed = trio.Event()
-
-
 class PolymarketFeed:
     def __init__(self, cfg: Any, router: Router, stats: StatsRegistry, *, resume: dict[str, int] | None = None,
                  store: WhaleStore | None = None) -> None:
@@ -177,12 +142,14 @@ class PolymarketFeed:
         self.resume = {k.lower(): v for k, v in (resume or {}).items()}
         self.store = store if store is not None else _store_from_router(cfg, router)
         self.symbols: list[str] = []
+        self._running = trio.Event()
+        self._running.set()
+        self._channel = Channel(cfg, stats, lambda: self._running)
         self._assets: dict[str, _Asset] = {}
+        self._followed_changed = False
         self._retired: set[str] = set()
         self._condition_of: dict[str, str] = {}
         self._whales: dict[str, _WhaleState] = {}
-        self._groups: list[_Group] = []
-        self._group_of: dict[str, _Group] = {}
         self._backfill_pending: dict[str, int] = {}  # condition -> earliest second to fetch from
         self._backfill_inflight: dict[str, int] = {}
         self._backfill_wakeup = trio.lowlevel.ParkingLot()
@@ -192,16 +159,13 @@ class PolymarketFeed:
         self._producers: trio.CancelScope | None = None
         self._stopping = False
         self._wedged = False
-        self._running = trio.Event()
-        self._running.set()
-        self._skip_backoff = False
         self._poll_wakeup = trio.Event()
         self._poll_now = False
         self._rounds_started = 0
         self._rounds_done = 0
-        self._whale_records = 0  # whale trades emitted so far
         self._rounds_changed = trio.Event()
-        self._last_prune = 0.0
+        self._whale_records = 0  # whale trades emitted so far
+        self._last_slow_tick = -math.inf
         self._rl = RateLimitedLog(interval_s=10.0)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -225,6 +189,7 @@ class PolymarketFeed:
                             self._apply_whales(whales or {})
                             for asset in cfg.asset_ids:
                                 self._follow(asset, configured=True)
+                            self._symbols_changed()
                             producers.start_soon(self._whales_loader, inbox_send.clone())
                             producers.start_soon(self._poller, inbox_send.clone())
                             producers.start_soon(self._backfill_worker, inbox_send.clone())
@@ -247,27 +212,20 @@ class PolymarketFeed:
 
     def reconnect(self) -> int:
         """Drop and remake every connection; what the drop misses is backfilled from the Data API."""
-        replacing = 0
-        self._skip_backoff = True
-        for group in self._groups:
-            if group.scope is not None:
-                group.scope.cancel()
-                replacing += 1
-        return replacing
+        self._channel.skip_backoff = True
+        return self._channel.cut_all()
 
     def pause(self) -> None:
         if self._running.is_set():
             self._running = trio.Event()
-            for group in self._groups:
-                if group.scope is not None:
-                    group.scope.cancel()
+            self._channel.cut_all()
 
     def resume(self) -> None:
         self._running.set()
         self._poll_wakeup.set()
 
     async def trigger(self) -> dict:
-        """Poll every enabled whale now; returns {"records": whale trades stored, "whales": n}."""
+        """Poll every enabled whale now; returns {"records": whale trades stored meanwhile, "whales": n}."""
         if not self._running.is_set():
             return {"records": 0, "whales": len(self._whales), "paused": True}
         target = self._rounds_started + 1
@@ -275,8 +233,7 @@ class PolymarketFeed:
         self._poll_now = True
         self._poll_wakeup.set()
         while self._rounds_done < target:
-            ev = self._rounds_changed
-            await ev.wait()
+            await self._rounds_changed.wait()
         return {"records": self._whale_records - before, "whales": len(self._whales)}
 
     async def update_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
@@ -298,50 +255,54 @@ class PolymarketFeed:
         if st is not None:
             st.configured = st.configured or configured
             return st
-        st = self._assets[asset] = _Asset(LocalBook(asset), configured)
-        self._retired.discard(asset)
-        group = next((g for g in self._groups if len(g.assets) < self.cfg.assets_per_connection), None)
+        channel = self._channel
+        group = next((g for g in channel.groups if len(g.assets) < self.cfg.assets_per_connection), None)
         if group is None:
-            group = _Group(len(self._groups))
-            self._groups.append(group)
+            group = Group(len(channel.groups))
+            channel.groups.append(group)
             if self._nursery is not None and not self._stopping:
-                self._nursery.start_soon(self._run_group, group, self._control_inbox.clone())
+                self._nursery.start_soon(channel.run_group, group, self._control_inbox.clone())
+        st = self._assets[asset] = _Asset(LocalBook(asset), group, configured)
+        resumed = self.resume.get(asset)
+        if resumed is not None:  # a restart: the tape goes on from where it stopped
+            st.wanted_from_s = max(resumed, int(time.time()) - self.cfg.backfill_max_s)
+            st.checkpointed = resumed
+        self._retired.discard(asset)
+        self._followed_changed = True
         group.assets.append(asset)
-        self._group_of[asset] = group
         group.notify()
-        self._symbols_changed()
         return st
 
     def _unfollow(self, asset: str) -> None:
-        if self._assets.pop(asset, None) is None:
+        st = self._assets.pop(asset, None)
+        if st is None:
             return
         self._retired.add(asset)  # events still in flight before the unsubscribe are not errors
-        group = self._group_of.pop(asset)
-        group.assets.remove(asset)
-        group.notify()
-        self._symbols_changed()
+        self._followed_changed = True
+        st.group.assets.remove(asset)
+        st.group.notify()
 
     def _symbols_changed(self) -> None:
-        self.symbols = list(self._assets)
-        self.stats.set_gauge(f"{VENUE}.symbols", len(self._assets))
-        self.stats.set_gauge(f"{VENUE}.connections_planned", sum(1 for g in self._groups if g.assets))
+        if self._followed_changed:
+            self._followed_changed = False
+            self.symbols = list(self._assets)
+            self.stats.set_gauge(f"{VENUE}.symbols", len(self._assets))
+            self.stats.set_gauge(f"{VENUE}.connections_planned", self._channel.planned())
 
-    def _whale_market(self, t: DataTrade, *, extend: bool) -> None:
-        """A whale traded token `t.asset`: follow it, and (for trades not stored before a restart)
-        make its tape start at that trade."""
+    def _whale_market(self, t: DataTrade) -> None:
+        """A whale traded token `t.asset`: follow it, with its tape from that trade on."""
         if not self.cfg.follow_whale_markets:
             return
         if t.condition_id:
             self._condition_of.setdefault(t.asset, t.condition_id)
         st = self._follow(t.asset)
         st.by_whale = True
-        if not extend or not self.cfg.backfill:
+        if not self.cfg.backfill:
             return
-        lower = max(t.timestamp_s, int(time.time()) - self.cfg.market_backfill_max_s)
+        lower = max(t.timestamp_s, int(time.time()) - self.cfg.backfill_max_s)
         if st.tape_start_s is None:
             st.wanted_from_s = lower if st.wanted_from_s is None else min(st.wanted_from_s, lower)
         elif lower < st.tape_start_s:
-            st.fresh.append((lower, st.tape_start_s))
             st.tape_start_s = lower
             self._schedule_backfill(t.asset, lower)
 
@@ -355,7 +316,7 @@ class PolymarketFeed:
                     log.critical("feed wedged on purpose (SIGUSR2): no progress until restarted")
                     await trio.sleep_forever()
                 kind = type(msg)
-                if kind is _Chunk:
+                if kind is Chunk:
                     records = self._on_chunk(msg)
                 elif kind is _Tick:
                     records = self._on_tick()
@@ -363,7 +324,7 @@ class PolymarketFeed:
                     records = self._on_whale_polled(msg)
                 elif kind is _Backfilled:
                     records = self._on_backfilled(msg)
-                elif kind is _ConnectionDown:
+                elif kind is ConnectionDown:
                     records = self._on_connection_down(msg)
                 elif kind is _Whales:
                     records = self._apply_whales(msg.whales)
@@ -373,38 +334,41 @@ class PolymarketFeed:
                     await router.send(records)
                 if kind is _WhalePolled or kind is _Backfilled or kind is _AssetsChanged:
                     msg.applied.set()
+                self._symbols_changed()
                 self.stats.heartbeat(f"feed.{VENUE}")
-            # Stopping: store the books that changed since they were last stored, and the resume points.
-            final = self._due_books(force=True) + self._whale_checkpoints()
+            # Stopping: the books changed since they were last stored, and the resume points.
+            final = self._due_books(force=True) + self._tape_checkpoints() + self._whale_checkpoints()
             if final:
                 await router.send(final)
 
-    def _on_chunk(self, chunk: _Chunk) -> list[Record]:
+    def _on_chunk(self, chunk: Chunk) -> list[Record]:
         out: list[Record] = []
         lags: list[int] = []
         recv_us = chunk.recv_us
         counts: dict[str, int] = {}
+        newest_ms = 0
         for ev in chunk.events:
             kind = type(ev)
             if kind is protocol.LastTrade:
                 counts["last_trade_price"] = counts.get("last_trade_price", 0) + 1
+                newest_ms = max(newest_ms, ev.timestamp_ms)
                 st = self._assets.get(ev.asset_id)
                 if st is None:
                     self._unexpected(ev.asset_id)
                     continue
                 self._condition_of.setdefault(ev.asset_id, ev.market)
-                ts_s = ev.timestamp_ms // 1000
                 if ev.tx_hash in st.seen:
                     self.stats.incr(f"{VENUE}.duplicates_dropped")
                     continue
-                ts_us = ev.timestamp_ms * 1000
-                out.append(PredictionTrade(VENUE, ev.market, ev.asset_id, ts_us, recv_us, ev.price, ev.size, ev.side,
-                                           ev.tx_hash, ev.fee_rate_bps))
+                ts_s = ev.timestamp_ms // 1000
+                out.append(PredictionTrade(VENUE, ev.market, ev.asset_id, ts_s * 1_000_000, recv_us, ev.price, ev.size,
+                                           ev.side, ev.tx_hash, ev.fee_rate_bps))
                 self._remember(st, ev.tx_hash, ts_s)
-                lags.append(recv_us - ts_us)
+                lags.append(recv_us - ev.timestamp_ms * 1000)
                 self.stats.last_event_us[(VENUE, ev.asset_id)] = recv_us
             elif kind is protocol.PriceChange:
                 counts["price_change"] = counts.get("price_change", 0) + 1
+                newest_ms = max(newest_ms, ev.timestamp_ms)
                 for change in ev.changes:
                     st = self._assets.get(change.asset_id)
                     if st is None:
@@ -420,9 +384,11 @@ class PolymarketFeed:
                     st.dirty = True
             elif kind is protocol.Book:
                 counts["book"] = counts.get("book", 0) + 1
+                newest_ms = max(newest_ms, ev.timestamp_ms)
                 self._on_book(ev)
             elif kind is protocol.Ignored:
                 counts[ev.event_type] = counts.get(ev.event_type, 0) + 1
+        chunk.group.venue_ms = max(chunk.group.venue_ms, newest_ms)
         stats = self.stats
         for name, n in counts.items():
             stats.incr(f"{VENUE}.messages.{name}", n)
@@ -442,13 +408,12 @@ class PolymarketFeed:
         st.book.apply_snapshot(ev.market, ev.bids, ev.asks, ev.hash, ev.timestamp_ms)
         st.dirty = True
         st.receiving = True
-        book_s = ev.timestamp_ms // 1000
         if st.tape_start_s is None:
+            book_s = ev.timestamp_ms // 1000
             start = book_s if st.wanted_from_s is None else min(book_s, st.wanted_from_s)
-            st.tape_start_s = st.seen_floor_s = start
-            st.wanted_from_s = None
+            st.tape_start_s, st.wanted_from_s = start, None
             if self.cfg.backfill:
-                st.needs_from_s = start  # trades between `start` and this snapshot came before the subscription
+                st.needs_from_s = start  # trades from `start` up to this snapshot came before the subscription
         if st.needs_from_s is not None:
             self._schedule_backfill(ev.asset_id, st.needs_from_s)
             st.needs_from_s = None
@@ -458,13 +423,12 @@ class PolymarketFeed:
         self.stats.incr(f"{VENUE}.book_resyncs")
         self._rl.log(log, logging.WARNING, "book_resync", "book disagrees with the venue's best prices; resubscribing",
                      asset=asset[:24])
-        group = self._group_of.get(asset)
-        if group is not None:
-            group.resync.add(asset)
-            group.notify()
+        st.group.resync.add(asset)
+        st.group.notify()
 
-    def _on_connection_down(self, msg: _ConnectionDown) -> list[Record]:
+    def _on_connection_down(self, msg: ConnectionDown) -> list[Record]:
         overlap = self.cfg.backfill_overlap_s
+        msg.group.venue_ms = 0
         for asset in msg.assets:
             st = self._assets.get(asset)
             if st is None or st.tape_start_s is None:
@@ -501,10 +465,11 @@ class PolymarketFeed:
     def _on_tick(self) -> list[Record]:
         out = self._due_books()
         now = trio.current_time()
-        if now - self._last_prune >= 1.0:
-            self._last_prune = now
-            self._prune()
-        self.stats.set_gauge(f"{VENUE}.books_live", sum(1 for st in self._assets.values() if st.book.live))
+        if now - self._last_slow_tick >= SLOW_TICK_S:
+            self._last_slow_tick = now
+            self._forget_old_trades()
+            out.extend(self._tape_checkpoints())
+            self.stats.set_gauge(f"{VENUE}.books_live", sum(1 for st in self._assets.values() if st.book.live))
         return out
 
     def _unexpected(self, asset: str) -> None:
@@ -513,21 +478,12 @@ class PolymarketFeed:
         self.stats.incr(f"{VENUE}.unexpected_symbol")
         self._rl.log(log, logging.WARNING, "unexpected_asset", "event for a token not subscribed", asset=asset[:24])
 
-    # --- the tape: de-duplication and backfill -------------------------------------------------
+    # --- the tape: backfill and resume points --------------------------------------------------
 
     def _remember(self, st: _Asset, tx_hash: str, ts_s: int) -> None:
         st.seen[tx_hash] = ts_s
         if st.last_trade_s is None or ts_s > st.last_trade_s:
             st.last_trade_s = ts_s
-
-    def _accepts(self, st: _Asset, t: DataTrade) -> bool:
-        """Whether a fetched trade belongs on the tape and was not emitted before."""
-        ts = t.timestamp_s
-        if st.tape_start_s is None or ts < st.tape_start_s or t.tx_hash in st.seen:
-            return False
-        # Below `seen_floor_s` we no longer remember what was emitted, and everything there was,
-        # except in the ranges the tape was extended back over.
-        return ts >= st.seen_floor_s or any(lo <= ts < hi for lo, hi in st.fresh)
 
     def _schedule_backfill(self, asset: str, start_s: int) -> None:
         condition = self._condition_of.get(asset)
@@ -543,37 +499,42 @@ class PolymarketFeed:
         recv = now_us()
         for t in sorted(msg.trades, key=lambda t: t.timestamp_s):
             st = self._assets.get(t.asset)
-            if st is None or not self._accepts(st, t):
+            if st is None or st.tape_start_s is None or t.timestamp_s < st.tape_start_s or t.tx_hash in st.seen:
                 continue
             out.append(PredictionTrade(VENUE, t.condition_id or msg.condition_id, t.asset, t.timestamp_s * 1_000_000,
                                        recv, t.price, t.size, t.side.lower(), t.tx_hash, None))
             self._remember(st, t.tx_hash, t.timestamp_s)
-        for asset, st in self._assets.items():
-            if st.fresh and self._condition_of.get(asset) == msg.condition_id:
-                st.fresh = [(lo, hi) for lo, hi in st.fresh if lo < msg.start_s]  # the rest is filled now
         if out:
             self.stats.incr(f"{VENUE}.trades_backfilled", len(out))
         return out
 
-    def _prune(self) -> None:
-        """Forget emitted trades older than the retention, but never any a pending backfill may
-        fetch again."""
-        horizon = int(time.time()) - SEEN_RETENTION_S
-        pending = {**self._backfill_pending}
+    def _tape_checkpoints(self) -> list[Record]:
+        """Checkpoint(token, S): every trade of the token before second S has been emitted. S is a
+        second before the newest venue time its live connection delivered (the channel is in time
+        order), held back by any hole still to fill."""
+        holes = dict(self._backfill_pending)
         for cond, start in self._backfill_inflight.items():
-            pending[cond] = min(start, pending.get(cond, start))
+            holes[cond] = min(start, holes.get(cond, start))
+        out: list[Record] = []
         for asset, st in self._assets.items():
-            floor = horizon
+            if st.tape_start_s is None or not st.receiving or not st.group.venue_ms:
+                continue
+            s = st.group.venue_ms // 1000 - 1
             if st.needs_from_s is not None:
-                floor = min(floor, st.needs_from_s)
-            for lo, _ in st.fresh:
-                floor = min(floor, lo)
-            cond = self._condition_of.get(asset)
-            if cond in pending:
-                floor = min(floor, pending[cond])
-            if floor > st.seen_floor_s:
-                st.seen_floor_s = floor
-                st.seen = {tx: ts for tx, ts in st.seen.items() if ts >= floor}
+                s = min(s, st.needs_from_s)
+            hole = holes.get(self._condition_of.get(asset, ""))
+            if hole is not None:
+                s = min(s, hole)
+            if s >= st.tape_start_s and (st.checkpointed is None or s > st.checkpointed):
+                out.append(Checkpoint(VENUE, asset, s))
+                st.checkpointed = s
+        return out
+
+    def _forget_old_trades(self) -> None:
+        horizon = int(time.time()) - SEEN_RETENTION_S
+        for st in self._assets.values():
+            if st.seen and min(st.seen.values()) < horizon:
+                st.seen = {tx: ts for tx, ts in st.seen.items() if ts >= horizon}
 
     async def _backfill_worker(self, inbox: trio.MemorySendChannel) -> None:
         async with inbox:
@@ -593,7 +554,7 @@ class PolymarketFeed:
                     self._backfill_pending[condition] = start if current is None else min(current, start)
                     await trio.sleep(BACKFILL_RETRY_S)
                     continue
-                msg = _Backfilled(condition, start, got[0])
+                msg = _Backfilled(condition, got[0])
                 await inbox.send(msg)
                 await msg.applied.wait()
 
@@ -608,8 +569,8 @@ class PolymarketFeed:
             rows = await trio.to_thread.run_sync(lambda: self.store.load(enabled_only=True))
         except Exception as exc:  # a database that is down or not migrated yet: keep what we have
             self.stats.incr(f"{VENUE}.whales_load_errors")
-            self._rl.log(log, logging.WARNING, "whales_load", "cannot read the whales table", store=self.store.description,
-                         error=repr(exc)[:300])
+            self._rl.log(log, logging.WARNING, "whales_load", "cannot read the whales table",
+                         store=self.store.description, error=repr(exc)[:300])
             return None
         for row in rows:
             found[row.address] = row
@@ -630,6 +591,7 @@ class PolymarketFeed:
             if st.watermark_s is not None and st.watermark_s != st.checkpointed:
                 out.append(Checkpoint(VENUE, address, st.watermark_s))
             log.info("whale no longer watched", extra={"address": address})
+        added = False
         for address, row in whales.items():
             st = self._whales.get(address)
             if st is not None:
@@ -637,10 +599,11 @@ class PolymarketFeed:
                 continue
             resumed = self.resume.get(address)
             self._whales[address] = _WhaleState(row, resumed, resumed is not None, checkpointed=resumed)
+            added = True
             log.info("whale watched", extra={"address": address, "pseudonym": (row.pseudonym if row else None) or "-"})
         self.stats.set_gauge(f"{VENUE}.active_whale_subscriptions", len(self._whales))
-        if whales:
-            self._poll_wakeup.set()
+        if added:
+            self._poll_wakeup.set()  # poll the new ones soon rather than next round
         return out
 
     async def _poller(self, inbox: trio.MemorySendChannel) -> None:
@@ -709,9 +672,8 @@ class PolymarketFeed:
             if t.key in ws.seen:
                 continue
             ws.seen[t.key] = t.timestamp_s
-            fresh = msg.emit_from_s is None or t.timestamp_s >= msg.emit_from_s
-            self._whale_market(t, extend=fresh)
-            if not fresh:
+            self._whale_market(t)
+            if msg.emit_from_s is not None and t.timestamp_s < msg.emit_from_s:
                 continue
             out.append(WhaleTrade(
                 t.tx_hash, msg.address, t.condition_id, t.asset, t.side, t.size, t.price, t.size * t.price,
@@ -722,7 +684,7 @@ class PolymarketFeed:
         self._whale_records += len(out)
         ws.watermark_s = newest
         if newest is not None:
-            floor = newest - self.cfg.whale_lookback_s - 1
+            floor = newest - self.cfg.whale_lookback_s - 1  # polls never ask for anything older again
             if any(ts < floor for ts in ws.seen.values()):
                 ws.seen = {k: ts for k, ts in ws.seen.items() if ts >= floor}
             if newest != ws.checkpointed:
@@ -739,6 +701,7 @@ class PolymarketFeed:
         return out
 
     def _on_assets_changed(self, msg: _AssetsChanged) -> list[Record]:
+        out = self._tape_checkpoints()  # the last resume points of tokens about to go
         for asset in msg.removed:
             st = self._assets.get(asset)
             if st is not None:
@@ -748,125 +711,7 @@ class PolymarketFeed:
         for asset in msg.added:
             self._follow(asset, configured=True)
         log.info("token list changed", extra={"added": len(msg.added), "removed": len(msg.removed)})
-        return []
-
-    # --- connections ---------------------------------------------------------------------------
-
-    async def _run_group(self, group: _Group, inbox: trio.MemorySendChannel) -> None:
-        cfg = self.cfg
-        conn_id = f"{VENUE}/{group.index}"
-        cstats = self.stats.connection(conn_id)
-        cstats.url = str(cfg.ws_url)
-        backoff = Backoff(cfg.reconnect_base_s, cfg.reconnect_cap_s)
-        async with inbox:
-            try:
-                while True:
-                    await self._running.wait()
-                    if not group.assets:
-                        cstats.state = "new"
-                        await group.wait_changed()
-                        continue
-                    with trio.CancelScope() as scope:
-                        group.scope = scope
-                        await self._connection(group, inbox, cstats, backoff)
-                    group.scope = None
-                    await inbox.send(_ConnectionDown(list(group.assets)))
-                    if cstats.state != "closed":
-                        cstats.state = "backoff"
-                    if self._skip_backoff:
-                        self._skip_backoff = False
-                    else:
-                        await trio.sleep(backoff.next_delay())
-            finally:
-                self.stats.forget_connection(conn_id)
-
-    async def _connection(self, group: _Group, inbox: trio.MemorySendChannel, cstats, backoff: Backoff) -> None:
-        cfg = self.cfg
-        try:
-            conn = await connect_ws(reveal(cfg.ws_url), stats=cstats, max_outgoing_per_s=OUTGOING_PER_S,
-                                    idle_timeout=3 * cfg.ping_interval_s + 5)
-        except ConnectionClosed as exc:  # DNS, TCP, TLS, timeout or a refused upgrade
-            self.stats.incr(f"{VENUE}.connect_errors")
-            cstats.last_error = str(exc)
-            self._rl.log(log, logging.WARNING, f"connect:{group.index}", "connect failed", conn=cstats.conn_id,
-                         error=str(exc))
-            return
-        cstats.streams = len(group.assets)
-        try:
-            group.resync.clear()
-            assets = list(group.assets)
-            group.subscribed = set(assets)
-            await conn.send_text(protocol.subscribe_message(assets))
-            log.info("connected", extra={"conn": cstats.conn_id, "assets": len(assets)})
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pinger, conn)
-                nursery.start_soon(self._subscriber, group, conn, cstats)
-                try:
-                    await self._read(conn, inbox, backoff)
-                except ConnectionClosed as exc:
-                    self.stats.incr(f"{VENUE}.disconnects")
-                    cstats.last_error = str(exc)
-                    log.warning("connection lost, reconnecting", extra={"conn": cstats.conn_id, "reason": str(exc)})
-                nursery.cancel_scope.cancel()
-        except ConnectionClosed as exc:  # the subscribe itself failed
-            self.stats.incr(f"{VENUE}.disconnects")
-            cstats.last_error = str(exc)
-        finally:
-            group.subscribed = set()
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
-
-    async def _pinger(self, conn) -> None:
-        try:
-            while True:
-                await trio.sleep(self.cfg.ping_interval_s)
-                await conn.send_text(protocol.PING)
-        except ConnectionClosed:
-            return  # the reader sees it too
-
-    async def _subscriber(self, group: _Group, conn, cstats) -> None:
-        """Keep the connection's subscription equal to the group's tokens; resubscribe tokens whose
-        book must be fetched again."""
-        try:
-            while True:
-                wanted = set(group.assets)
-                removed = [a for a in group.subscribed if a not in wanted]
-                added = [a for a in group.assets if a not in group.subscribed]
-                again = [a for a in group.resync if a in wanted and a in group.subscribed]
-                group.resync.clear()
-                if removed:
-                    group.subscribed.difference_update(removed)
-                    await conn.send_text(protocol.change_message(removed, "unsubscribe"))
-                if added or again:
-                    group.subscribed.update(added)
-                    await conn.send_text(protocol.change_message(added + again, "subscribe"))
-                cstats.streams = len(group.subscribed)
-                if not (removed or added or again):
-                    await group.wait_changed()
-        except ConnectionClosed:
-            return
-
-    async def _read(self, conn, inbox: trio.MemorySendChannel, backoff: Backoff) -> None:
-        stats = self.stats
-        first = True
-        while True:
-            frames = await conn.receive_batch()
-            recv_us = now_us()
-            if first:
-                backoff.reset()  # only a connection that delivered data counts as a success
-                first = False
-            events = []
-            for frame in frames:
-                for ev in protocol.decode(frame):
-                    kind = type(ev)
-                    if kind is protocol.Problem:
-                        stats.incr(f"{VENUE}.decode_errors.{ev.kind}")
-                        self._rl.log(log, logging.WARNING, ev.kind, "bad frame skipped", problem=ev.kind,
-                                     detail=ev.detail[:200])
-                    elif kind is not protocol.Pong:
-                        events.append(ev)
-            if events:
-                await inbox.send(_Chunk(recv_us, events))
+        return out
 
     async def _ticker(self, inbox: trio.MemorySendChannel) -> None:
         async with inbox:
@@ -877,8 +722,8 @@ class PolymarketFeed:
 
 def _store_from_router(cfg: Any, router: Router) -> WhaleStore | None:
     """The whales table lives in the SQL store this instance writes to: the sink named by
-    `whales_sink`, else the first sqlite or postgres sink of the feed. (The router is what a feed
-    is given of its sinks.)"""
+    `whales_sink`, else the first sqlite or postgres sink of the feed. (A feed is given its sinks
+    only as the router, hence the look at the router's runners.)"""
     sinks = [runner.sink for runner in getattr(router, "_runners", [])]
     wanted = getattr(cfg, "whales_sink", "")
     for sink in sinks:

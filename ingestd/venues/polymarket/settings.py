@@ -57,10 +57,10 @@ class PolymarketFeedConfig(FeedConfig):
     backfill_overlap_s: int = option(
         5, Integer(0, 3600), "a reconnect's backfill starts this many seconds before the last trade seen"
     )
-    market_backfill_max_s: int = option(
-        300, Integer(0, 30 * 86400),
-        "a market first followed because a whale traded it gets its trades since that whale trade, "
-        "at most this many seconds back",
+    backfill_max_s: int = option(
+        3600, Integer(0, 30 * 86400),
+        "no backfill reaches further back than this many seconds: a restart's (from the stored resume "
+        "point) and a whale's (to its first trade in a market followed because of it)",
     )
     whales_sink: str = option(
         "", Text("a sink name", r"\S*", accepts_secret=False),
