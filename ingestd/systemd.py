@@ -128,7 +128,8 @@ async def run_watchdog(notifier: Notifier, stats: StatsRegistry) -> None:
             if holding:
                 log.info("feeds are making progress again; watchdog pings resumed")
                 holding = False
-        elif not holding:
+        elif not holding and any(k.startswith("feed.") for k in stats.heartbeat_ages()):
+            # (Before a feed's first heartbeat, at start-up, nothing has stalled: hold back quietly.)
             log.error("a feed stopped making progress; withholding watchdog pings so systemd restarts us",
                       extra={"heartbeat_age_s": {k: round(v, 1) for k, v in stats.heartbeat_ages().items()}})
             holding = True
