@@ -58,14 +58,15 @@ def test_migrations_apply_once_and_a_second_run_is_up_to_date(conn: psycopg.Conn
     assert first.mode == "postgres"
     assert [m.label for m in first.applied] == [
         "0001_reference_tables", "0002_time_series (postgres)", "0003_data_quality_views",
-        "0004_more_record_kinds (postgres)",
+        "0004_more_record_kinds (postgres)", "0005_whales",
     ]
-    assert first.version == latest_version() == 4
+    assert first.version == latest_version() == 5
     second = migrate(conn)
-    assert second.up_to_date and second.version == 4 and second.warnings == []
+    assert second.up_to_date and second.version == 5 and second.warnings == []
     rows = conn.execute("SELECT version, name, mode FROM schema_migrations ORDER BY version").fetchall()
     assert rows == [(1, "0001_reference_tables", "any"), (2, "0002_time_series", "postgres"),
-                    (3, "0003_data_quality_views", "any"), (4, "0004_more_record_kinds", "postgres")]
+                    (3, "0003_data_quality_views", "any"), (4, "0004_more_record_kinds", "postgres"),
+                    (5, "0005_whales", "any")]
 
 
 def test_every_migration_file_is_idempotent_on_its_own(conn: psycopg.Connection) -> None:
@@ -131,7 +132,7 @@ def test_two_daemons_migrating_at_once_apply_each_step_once(pg_database: Databas
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(len(r.applied) for r in results) == [0, 0, 0, 4]
+    assert sorted(len(r.applied) for r in results) == [0, 0, 0, 5]
 
 
 def test_timescale_on_without_the_extension_is_refused(conn: psycopg.Connection) -> None:
@@ -216,10 +217,10 @@ def test_cli_migrate_applies_then_reports_up_to_date(pg_database: Database, tmp_
     first = run_cli("db", "migrate", "--config", str(cfg))
     assert first.returncode == 0, first.stderr
     assert ("sinks.pg: applied 0001_reference_tables, 0002_time_series (postgres), 0003_data_quality_views,"
-            " 0004_more_record_kinds (postgres); schema v4 (postgres)") in first.stdout
+            " 0004_more_record_kinds (postgres), 0005_whales; schema v5 (postgres)") in first.stdout
     second = run_cli("--config", str(cfg), "db", "migrate", "--sink", "pg")
     assert second.returncode == 0, second.stderr
-    assert "sinks.pg: up to date (schema v4, postgres)" in second.stdout
+    assert "sinks.pg: up to date (schema v5, postgres)" in second.stdout
 
 
 def test_cli_migrate_fails_clearly_when_it_cannot_connect(pg_database: Database, tmp_path: Path) -> None:

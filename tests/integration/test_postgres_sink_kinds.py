@@ -308,7 +308,7 @@ def test_a_version_3_database_is_upgraded_and_its_rows_kept(pg_database: Databas
     s = PostgresSink("pg", config(pg_database, retention_days=0))  # keep 2023
     s.open()
     try:
-        assert s.schema_version == 4
+        assert s.schema_version == 5
         s.write([samples.derivative(0)])
         old = Derivative("bybit", "ETHUSDT", 1_700_000_000_000_000, None, funding_rate=0.5)  # type: ignore[arg-type]
         assert s.records(Derivative) == [samples.derivative(0), old]
@@ -318,7 +318,7 @@ def test_a_version_3_database_is_upgraded_and_its_rows_kept(pg_database: Databas
         result = migrate(conn)
         assert result.up_to_date and result.warnings == []  # the comment-only edit of 0002 is known
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert rows == [(1,), (2,), (3,), (4,)]
+        assert rows == [(1,), (2,), (3,), (4,), (5,)]
 
 
 def test_every_0004_file_applies_twice(pg_database: Database) -> None:
