@@ -145,7 +145,7 @@ class BybitFeed:
         self.cfg = cfg
         self.router = router
         self.stats = stats
-        self.resume = resume or {}
+        self._resume_points = resume or {}
         self.symbols: list[str] = []
         self._books: dict[str, TickerBook] = {}
         self._tapes: dict[str, TradeTape] = {}
@@ -295,7 +295,7 @@ class BybitFeed:
         cfg = self.cfg
         self._books[symbol] = TickerBook(symbol, interval_ms=cfg.sample_interval_ms, on_change=cfg.on_change)
         if cfg.trades:
-            resume = self.resume.get(symbol) if cfg.trade_catchup else None
+            resume = self._resume_points.get(symbol) if cfg.trade_catchup else None
             self._tapes[symbol] = TradeTape(symbol, resume_ms=resume)
         self._retired.discard(symbol)
 
