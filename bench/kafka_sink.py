@@ -1,30 +1,32 @@
 """Throughput and latency of the Kafka sink, alone and behind the whole SinkRunner, against Tansu.
 
     .venv/bin/python bench/kafka_sink.py                       # starts its own Tansu on loopback
-    .venv/bin/python bench/kafka_sink.py -n 100000 --seconds 10
+    .venv/bin/python bench/kafka_sink.py -n 100000 --seconds 10 --linger-ms 5,10
+    .venv/bin/python bench/kafka_sink.py --only 5              # just the latency runs
     .venv/bin/python bench/kafka_sink.py --bootstrap host:9092 # a real cluster (uses fresh topics)
 
 Every figure counts acknowledged records only (acks=all, idempotent producer, gzip unless
---compression says otherwise): `write()` returns after every future of the batch succeeded.
+--compression says otherwise): `write()` returns after the producer's flush reported every record
+of the batch delivered.
 
 1. Sink alone: `KafkaSink.write` with pre-built batches of 1000 and 5000 trades (20 symbols,
-   ascending ids), each size to fresh topics: records/s and the p50/p99 of one batch's write; then the
-   same trades again (all duplicates, dropped by the window), then book tops with 10 levels a side.
+   ascending ids), each size to fresh topics: records/s, CPU per record (all of this process's
+   threads, librdkafka's included; the broker is another process) and the p50/p99 of one batch's
+   write; then the same trades again (all duplicates, dropped by the window), then book tops with 10
+   levels a side.
 2. Sink alone beside a thread that keeps the GIL busy (the daemon's trio thread decoding at full load).
 3. Open: how long the read-back of the de-duplication window takes with the topics just written.
 4. Whole runner, flat out: a trio task decodes Binance-style JSON frames into Trades (as a feed does)
-   and sends chunks of 100 through a Router into a SinkRunner (batch_size 5000, linger 50 ms, the
-   daemon's defaults) until the runner has drained: the sink behind the pipeline on 2 cores.
-5. Whole runner at a fixed offered rate (10,000 msg/s by default): p50/p99 of each batch's write, and of
-   each record's time from decode to acknowledgement (which includes up to `linger` of batching).
-   Run twice: as is, and after `gc.freeze()` (everything allocated so far moved out of the collector's
-   sight, as a daemon can do once started): full collections of a heap of ~50k objects (kafka-python,
-   trio, msgspec, ...) pause every thread for 10-40 ms here, which is most of the p99.
+   and sends chunks of 100 through a Router into a SinkRunner (the daemon's [daemon] batch_size and
+   linger_ms defaults) until the runner has drained: the sink behind the pipeline on 2 cores.
+5. Whole runner at a fixed offered rate (10,000 msg/s by default), once per --linger-ms value (default:
+   5, the daemon's default, 50): exchange time (stamped at decode) -> acknowledged, p50/p99 from the
+   pipeline's own histogram (what /metrics reports), and the p50/p99 of each batch's write. After
+   `gc.freeze()`, as the daemon does once started (--no-freeze also runs without it).
 
 Figures are printed, never judged: compare them on the same machine. On a shared machine, wall-clock
-rates swing with other load; the CPU time per record (all of this process's threads; the broker is
-another process) moves much less. kafka-python computes CRC32C in pure Python unless the `crc32c`
-package is importable: compare with `PYTHONPATH=<dir with crc32c>`.
+rates swing with other load (the load average is printed first); the CPU time per record moves much
+less.
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import trio  # noqa: E402
 
-from ingestd.config import KafkaSinkConfig  # noqa: E402
+from ingestd.config import DaemonConfig, KafkaSinkConfig  # noqa: E402
 from ingestd.model import BookTop, Trade, spread_bps  # noqa: E402
 from _producer import CHUNK, GilHog, decode_frames, wire_frames  # noqa: E402
 from ingestd.pipeline import Router, SinkRunner  # noqa: E402
 from ingestd.sinks.base import Sink  # noqa: E402
 from ingestd.sinks.kafka import KafkaSink  # noqa: E402
-from ingestd.stats import Histogram, StatsRegistry  # noqa: E402
+from ingestd.stats import StatsRegistry  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(20)]
 T0 = 1_700_000_000_000_000
@@ -153,13 +155,12 @@ def bench_open(args, written: KafkaSink, n: int) -> None:
 
 
 class TimedSink(Sink):
-    """Delegates to a sink, recording how long each write takes and each record's decode-to-acked time."""
+    """Delegates to a sink, recording how long each write takes."""
 
     def __init__(self, inner: KafkaSink) -> None:
         self.inner = inner
         self.name = inner.name
         self.write_s: list[float] = []
-        self.acked_after_us = Histogram()
 
     def open(self) -> None:
         self.inner.open()
@@ -171,12 +172,13 @@ class TimedSink(Sink):
         t = time.perf_counter()
         self.inner.write(batch)
         self.write_s.append(time.perf_counter() - t)
-        acked_us = time.time_ns() // 1000
-        self.acked_after_us.record_many([acked_us - r.recv_us for r in batch])
 
 
-async def run_pipeline(sink: Sink, stats: StatsRegistry, chunks: list, rate: float | None) -> float:
-    runner = SinkRunner(sink, stats, batch_size=5000, linger_s=0.05, capacity=256)
+DAEMON = DaemonConfig()
+
+
+async def run_pipeline(sink: Sink, stats: StatsRegistry, chunks: list, rate: float | None, linger_s: float) -> float:
+    runner = SinkRunner(sink, stats, batch_size=DAEMON.batch_size, linger_s=linger_s, capacity=DAEMON.channel_capacity)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)  # the sink is open (window read back) before the clock starts
         start = trio.current_time()
@@ -188,30 +190,32 @@ async def run_pipeline(sink: Sink, stats: StatsRegistry, chunks: list, rate: flo
     return trio.current_time() - start  # run() has returned: everything is acknowledged
 
 
-def bench_runner(args, trades: list[Trade], rate: float | None, *, freeze: bool = False) -> None:
+def bench_runner(args, trades: list[Trade], rate: float | None, linger_ms: float, *, freeze: bool = True) -> None:
     n = len(trades)
     stats = StatsRegistry("bench")
     sink = TimedSink(new_sink(args, stats))
     chunks = wire_frames(trades)
+    gc.collect()
     if freeze:
         gc.freeze()
     cpu0 = time.process_time()
-    seconds = trio.run(run_pipeline, sink, stats, chunks, rate)
+    seconds = trio.run(run_pipeline, sink, stats, chunks, rate, linger_ms / 1000)
     cpu = time.process_time() - cpu0
+    if freeze:
+        gc.unfreeze()
     stored = stats.counters["sink.bench.rows_written"]
     assert stored == n, f"stored {stored} of {n}"
     batches = stats.counters["sink.bench.batches"]
     lat = sorted(sink.write_s)
-    hist = sink.acked_after_us
+    hist = stats.stored_latency.all_time
     label = "4. whole runner, flat out" if rate is None else f"5. whole runner, {rate:,.0f} msg/s offered"
-    if freeze:
-        label += ", gc.freeze()"
-        gc.unfreeze()
+    label += f", linger {linger_ms:g} ms" + ("" if freeze else ", no gc.freeze()")
     print(
         f"{label}: {n / seconds:,.0f} trades/s acked; {batches} batches of {n / batches:,.0f} on average;"
         f" batch write p50 {pct(lat, .5) * 1e3:.1f} ms p99 {pct(lat, .99) * 1e3:.1f} ms;"
-        f" decode-to-acked p50 {hist.percentile(.5) / 1e3:.1f} ms p99 {hist.percentile(.99) / 1e3:.1f} ms;"
-        f" process CPU {cpu / seconds:.0%} of one core ({cpu / n * 1e6:.1f} µs per trade)"
+        f" exchange-to-acked p50 {hist.percentile(.5) / 1e3:.1f} ms p99 {hist.percentile(.99) / 1e3:.1f} ms;"
+        f" process CPU {cpu / seconds:.0%} of one core ({cpu / n * 1e6:.1f} µs per trade)",
+        flush=True,
     )
 
 
@@ -220,14 +224,20 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200_000, help="trades per run (default 200,000)")
     parser.add_argument("--rate", type=float, default=10_000, help="offered msg/s for part 5 (default 10,000)")
     parser.add_argument("--seconds", type=float, default=20, help="length of part 5 (default 20 s)")
+    parser.add_argument("--linger-ms", default=f"5,{DAEMON.linger_ms},50",
+                        help="part 5's linger values, comma-separated (default 5,<daemon default>,50)")
+    parser.add_argument("--no-freeze", action="store_true", help="part 5 also without gc.freeze()")
+    parser.add_argument("--only", default="1,2,3,4,5", help="which parts to run, e.g. 4,5")
     parser.add_argument("--compression", default="gzip", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     parser.add_argument("--bootstrap", help="host:port of a broker (default: start Tansu on loopback)")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
+    lingers = sorted({float(v) for v in args.linger_ms.split(",")})
 
-    from kafka.record import util as kafka_record_util
+    import confluent_kafka
 
-    print(f"crc32c: {'C extension' if kafka_record_util.crc32c_c is not None else 'pure Python'};"
-          f" load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"confluent-kafka {confluent_kafka.version()[0]}, librdkafka {confluent_kafka.libversion()[0]};"
+          f" load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     server = None
     if args.bootstrap is None:
         from tests.kafka_server import start_kafka_server
@@ -237,13 +247,21 @@ def main() -> None:
         print(f"Tansu on {args.bootstrap} (memory storage), pid {server.proc.pid}")
     try:
         trades = make_trades(args.n)
-        written = bench_sink_alone(args, trades)
-        bench_beside_busy_thread(args, trades)
-        bench_open(args, written, args.n)
-        bench_runner(args, trades, None)
-        paced = make_trades(int(args.rate * args.seconds))
-        bench_runner(args, paced, args.rate)
-        bench_runner(args, paced, args.rate, freeze=True)
+        if parts & {"1", "3"}:
+            written = bench_sink_alone(args, trades)
+            if "3" in parts:
+                bench_open(args, written, args.n)
+        if "2" in parts:
+            bench_beside_busy_thread(args, trades)
+        if "4" in parts:
+            bench_runner(args, trades, None, DAEMON.linger_ms)
+        if "5" in parts:
+            paced = make_trades(int(args.rate * args.seconds))
+            for linger in lingers:
+                bench_runner(args, paced, args.rate, linger)
+                if args.no_freeze:
+                    bench_runner(args, paced, args.rate, linger, freeze=False)
+        print(f"load average afterwards {os.getloadavg()[0]:.2f}")
     finally:
         if server is not None:
             server.close()

@@ -239,10 +239,20 @@ def _second_prefix(second: int) -> str:
     return prefix
 
 
+_last_ms: tuple[int, str] = (-1, "")  # one (ms, text) pair: trades of a batch share milliseconds
+
+
 def iso_ms(us: int) -> str:
     """Microseconds since the epoch -> '2024-11-01T12:34:56.123Z' (truncated to the millisecond)."""
-    second, rem = divmod(us, 1_000_000)
-    return f"{_second_prefix(second)}.{rem // 1000:03d}Z"
+    global _last_ms
+    ms = us // 1000
+    last = _last_ms  # read once: another thread may replace the pair, never tear it
+    if last[0] == ms:
+        return last[1]
+    second, rem = divmod(ms, 1000)
+    text = f"{_second_prefix(second)}.{rem:03d}Z"
+    _last_ms = (ms, text)
+    return text
 
 
 def iso_us(us: int) -> str:
