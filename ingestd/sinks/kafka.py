@@ -871,8 +871,10 @@ class KafkaSink(Sink):
             self._stale = True
             producer, self._producer = self._producer, None
         if producer is not None:
+            # write() returns only once its records are acknowledged, so nothing of a written batch is
+            # left; whatever is (a write that failed or never returned) belongs to a batch the pipeline
+            # holds or spooled, so it is purged rather than waited for (a shutdown has a deadline).
             try:
-                producer.flush(min(5.0, self.delivery_timeout_s))  # nothing should be left; be polite anyway
                 producer.purge()
                 producer.flush(0)
             except Exception as exc:  # must not raise
