@@ -186,6 +186,8 @@ def test_a_result_that_is_not_a_list_is_a_problem():
     (-32005, "project ID request rate exceeded", RATE_LIMITED, None),
     (429, "Your app has exceeded its compute units per second capacity.", RATE_LIMITED, None),
     (-32000, "header not found", OTHER, None),
+    (-32000, "block range extends beyond current head block", OTHER, None),  # a lagging node: wait
+    (-32602, "invalid block range params", OTHER, None),
     (3, "execution reverted", OTHER, None),
 ])
 def test_provider_errors_are_classified(code, message, kind, suggested):

@@ -106,7 +106,7 @@ def test_the_shipped_section_documents_every_key_with_its_default():
     section = text[text.index("[feeds.evm]"):]
     for key in options_of(EvmFeedConfig):
         if key in ("tokens", "labels"):
-            assert f"[[feeds.evm.tokens]]" in section and "[feeds.evm.labels]" in section
+            assert "[[feeds.evm.tokens]]" in section and "[feeds.evm.labels]" in section
             continue
         assert re.search(rf"^(# )?{key} = ", section, re.MULTILINE), f"{key} missing from the [feeds.evm] section"
     shipped = load_config(SHIPPED, environ={}).feeds["evm"]

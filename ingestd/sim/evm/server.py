@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import trio
 from eth_abi import encode as abi_encode
 
-from ingestd.sim.evm.chain import TOKENS, SimBlock, SimChain, SimLog
+from ingestd.sim.evm.chain import TOKENS, SimBlock, SimChain
 from ingestd.sim.http_server import DROP, FaultDice, HttpRequest, HttpResponse, HttpServer
 
 DECIMALS_SELECTOR = "0x313ce567"
@@ -251,8 +251,6 @@ class EvmSim:
             stale = chain.logs(chain.abandoned_range(start, end), wanted, topics)
             if stale:
                 self.removed_injected += len(stale)
-                for log in stale:
-                    log.served = True
                 answer.extend(log.to_json(removed=True) for log in stale)
         return answer
 
@@ -323,7 +321,8 @@ class EvmSim:
 
     def truth(self, confirmations: int | None) -> dict:
         """The canonical chain's transfers (up to head - confirmations when given), the abandoned
-        branches' transfers, and what the faults did."""
+        branches' transfers (`abandoned_served`: how many went out while still canonical), and
+        what the faults did."""
         chain = self.chain
         last = chain.head - confirmations if confirmations is not None else chain.head
         transfers = [log.transfer for block in chain.canonical_range(chain.first_block, last)

@@ -44,7 +44,7 @@ from ingestd.pipeline import Router
 from ingestd.secrets import reveal
 from ingestd.stats import StatsRegistry, now_us
 from ingestd.venues.evm import protocol
-from ingestd.venues.evm.chain import ChainWindow, PendingBlock
+from ingestd.venues.evm.chain import ChainWindow
 from ingestd.venues.evm.progress import BackfillProgress
 from ingestd.venues.evm.protocol import BlockHeader, Problem, RpcError, Transfer
 from ingestd.venues.evm.ranges import SpanSizer

@@ -283,6 +283,8 @@ _RANGE_WORDS = re.compile(
     r"|query timeout|result(?:s)? (?:set )?too large",
     re.IGNORECASE,
 )
+# Not about size: a node behind its load balancer, or a request that is wrong at any size.
+_NOT_SIZE_WORDS = re.compile(r"beyond (?:the )?(?:current )?head|invalid block range", re.IGNORECASE)
 # Infura's -32005 also means "request rate limited" / "daily request count exceeded".
 _RATE_WORDS = re.compile(r"rate limit|request count exceeded|too many requests|capacity", re.IGNORECASE)
 _SUGGESTED = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
@@ -290,7 +292,7 @@ _SUGGESTED = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
 
 def classify_error(error: RpcError) -> str:
     """RANGE_TOO_LARGE (ask for fewer blocks), RATE_LIMITED (wait, then ask again) or OTHER."""
-    if _RANGE_WORDS.search(error.message):
+    if _RANGE_WORDS.search(error.message) and not _NOT_SIZE_WORDS.search(error.message):
         return RANGE_TOO_LARGE
     if error.code == -32005 or _RATE_WORDS.search(error.message):
         return RATE_LIMITED

@@ -18,7 +18,6 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx
 import msgspec
-import trio
 
 from ingestd.backoff import Backoff
 from ingestd.logs import RateLimitedLog
