@@ -516,6 +516,10 @@ class BybitFeed:
                                      conn=conn.conn_id, error=str(exc), retry_in_s=round(delay, 2))
                         await trio.sleep(delay)
                         continue
+                    if not self._running.is_set():  # paused while connecting
+                        with trio.CancelScope(shield=True):
+                            await ws.aclose()
+                        continue
                     log.info("connected", extra={"conn": conn.conn_id, "topics": cstats.streams})
                     await self._session(conn, ws, inbox, backoff)
                     self.stats.incr("bybit.disconnects")
