@@ -247,13 +247,18 @@ class Instance:
                 log.error("reload refused, keeping the running configuration",
                           extra={"problems": "; ".join(exc.problems)})
                 return
-            old = dataclasses.asdict(self.feed_cfg)
-            pending = sorted(k for k, v in dataclasses.asdict(new).items() if k not in RELOADABLE and old.get(k) != v)
+            old, fresh = dataclasses.asdict(self.feed_cfg), dataclasses.asdict(new)
+            reloadable = RELOADABLE & fresh.keys()  # families without a symbol list reload nothing live
+            pending = sorted(k for k, v in fresh.items() if k not in reloadable and old.get(k) != v)
             if pending:
                 log.warning("changed keys need a restart to apply", extra={"keys": ",".join(pending)})
-            if self.feed is not None:
+            if self.feed is not None and reloadable:
                 self.feed.cfg = self.feed_cfg = dataclasses.replace(
-                    self.feed_cfg, symbols=new.symbols, fallback_pairs=new.fallback_pairs)
-                await self.feed.update_symbols(list(new.symbols))
+                    self.feed_cfg, **{k: fresh[k] for k in reloadable})
+                if "symbols" in reloadable:
+                    await self.feed.update_symbols(list(new.symbols))
+        except Exception:
+            # A reload is an operator's request; whatever goes wrong, the running feed carries on.
+            log.exception("reload failed, keeping the running configuration")
         finally:
             self.notifier.ready(f"{self.instance}: running")
