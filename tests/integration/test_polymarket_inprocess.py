@@ -178,3 +178,4 @@ async def test_trigger_polls_every_whale_now():
         assert stored >= made
         assert stats.counters["polymarket.whale_poll_rounds"] >= 1
         nursery.cancel_scope.cancel()
+

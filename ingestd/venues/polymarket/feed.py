@@ -128,6 +128,7 @@ class _WhaleState:
     row: Whale | None
     watermark_s: int | None  # newest trade second seen; the resume point
     resumed: bool  # the watermark came from a stored checkpoint
+    since_s: int | None = None  # before any trade is seen: polls ask from here (history, then progress)
     checkpointed: int | None = None
     polled: bool = False
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -644,7 +645,9 @@ class PolymarketFeed:
         now_s = int(time.time())
         emit_from = None
         if ws.watermark_s is None:
-            start = now_s - cfg.whale_history_s
+            if ws.since_s is None:
+                ws.since_s = now_s - cfg.whale_history_s
+            start = ws.since_s
         else:
             start = ws.watermark_s - cfg.whale_lookback_s
             if not ws.polled and ws.resumed:
@@ -658,6 +661,9 @@ class PolymarketFeed:
         msg = _WhalePolled(address, got[0], emit_from, got[1])
         await inbox.send(msg)
         await msg.applied.wait()
+        if ws.watermark_s is None:
+            # Nothing yet: everything up to this poll has been seen, bar what the API shows late.
+            ws.since_s = max(ws.since_s, now_s - cfg.whale_lookback_s)
 
     def _on_whale_polled(self, msg: _WhalePolled) -> list[Record]:
         ws = self._whales.get(msg.address)
