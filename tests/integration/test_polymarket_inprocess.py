@@ -179,3 +179,35 @@ async def test_trigger_polls_every_whale_now():
         assert stats.counters["polymarket.whale_poll_rounds"] >= 1
         nursery.cancel_scope.cancel()
 
+
+async def test_pause_resume_reconnect_and_a_new_token_list_keep_the_tape_whole():
+    config = PolySimConfig(seed=9, markets=3, whales=1, rate=40, whale_share=0.0)
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve, config)
+        m0, m1, m2 = ([o.asset_id for o in m.outcomes] for m in sim.market.markets)
+        feed, sink, stats, _ = await start_feed(nursery, feed_config(sim, assets=m0 + m1, whales=[]))
+        await wait_until(lambda: len(sim.sessions) == 1 and feed.symbols == m0 + m1)
+        await trio.sleep(1)
+        feed.pause()
+        await wait_until(lambda: not sim.sessions, what="connections closed while paused")
+        await trio.sleep(1.5)  # the market goes on
+        feed.resume()
+        await wait_until(lambda: len(sim.sessions) == 1, what="reconnected")
+        assert feed.reconnect() == 1
+        await trio.sleep(1)
+        added, removed = await feed.update_symbols(m0 + m2)
+        assert (added, removed) == (m2, m1)
+        await wait_until(lambda: all(s.assets == set(m0 + m2) for s in sim.sessions) and sim.sessions,
+                         what="the connection's subscription follows the new list")
+        await trio.sleep(0.5)
+        m1_trades = len([t for t in sink.of(PredictionTrade) if t.asset_id in m1])
+        await trio.sleep(1.5)
+        sim.pause()
+        truth = sim.truth()
+        tape = expected_tape(truth, set(m0 + m2), set())
+        got = lambda: {(t.asset_id, t.tx_hash) for t in sink.of(PredictionTrade) if t.asset_id in set(m0 + m2)}
+        await wait_until(lambda: got() >= set(tape), what="every trade of the followed tokens")
+        assert got() == set(tape)
+        assert len([t for t in sink.of(PredictionTrade) if t.asset_id in m1]) == m1_trades > 0  # no longer followed
+        assert stats.counters["polymarket.trades_backfilled"] > 0  # the pause and the reconnect left holes
+        nursery.cancel_scope.cancel()

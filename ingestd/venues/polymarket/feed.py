@@ -140,7 +140,7 @@ class PolymarketFeed:
         self.cfg = cfg
         self.router = router
         self.stats = stats
-        self.resume = {k.lower(): v for k, v in (resume or {}).items()}
+        self._resume_points = {k.lower(): v for k, v in (resume or {}).items()}
         self.store = store if store is not None else _store_from_router(cfg, router)
         self.symbols: list[str] = []
         self._running = trio.Event()
@@ -264,7 +264,7 @@ class PolymarketFeed:
             if self._nursery is not None and not self._stopping:
                 self._nursery.start_soon(channel.run_group, group, self._control_inbox.clone())
         st = self._assets[asset] = _Asset(LocalBook(asset), group, configured)
-        resumed = self.resume.get(asset)
+        resumed = self._resume_points.get(asset)
         if resumed is not None:  # a restart: the tape goes on from where it stopped
             st.wanted_from_s = max(resumed, int(time.time()) - self.cfg.backfill_max_s)
             st.checkpointed = resumed
@@ -598,7 +598,7 @@ class PolymarketFeed:
             if st is not None:
                 st.row = row
                 continue
-            resumed = self.resume.get(address)
+            resumed = self._resume_points.get(address)
             self._whales[address] = _WhaleState(row, resumed, resumed is not None, checkpointed=resumed)
             added = True
             log.info("whale watched", extra={"address": address, "pseudonym": (row.pseudonym if row else None) or "-"})
