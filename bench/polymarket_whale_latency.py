@@ -95,8 +95,8 @@ def write_config(tmp: Path, bootstrap: str, topics: dict, urls: dict, whales: li
         type = "kafka"
         bootstrap_servers = ["{bootstrap}"]
         whales_topic = "{topics['whales']}"
-        trades_topic = "{topics['trades']}"
-        books_topic = "{topics['books']}"
+        prediction_trades_topic = "{topics['trades']}"
+        prediction_books_topic = "{topics['books']}"
 
         [feeds.polymarket]
         sinks = ["kafka"]
@@ -160,8 +160,9 @@ def run_once(tmp: Path, server, urls: dict, whales: list[str], args, linger_ms: 
         produced.append(created - detected)
         since_visible.append(arrived - shown)
         poll_wait.append(detected - shown)
-        if os.environ.get("BENCH_DEBUG"):
-            print(f"  {(shown - started_ms) / 1000:7.2f} s  wait {detected - shown:8.1f}  {event['trader_address'][:8]}")
+        if args.samples:
+            print(f"  visible at +{(shown - started_ms) / 1000:6.2f} s  detected {detected - shown:7.1f} ms later,"
+                  f" in Kafka {arrived - detected:6.1f} ms after that  {event['trader_address']}")
     print(f"\nlinger_ms = {linger_ms}, poll_interval_s = {args.poll_interval}, {args.whales} whales, "
           f"{len(events)} whale events in {args.seconds:g} s ({len(kafka)} after the warm-up), "
           f"markets followed: {'no' if args.no_markets else 'yes'}")
@@ -182,6 +183,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=40.0,
                         help="market events per second; 30%% are trades, half of those by whales (default: 40)")
     parser.add_argument("--no-markets", action="store_true", help="do not follow the whales' markets' books and trades")
+    parser.add_argument("--samples", action="store_true", help="print every sample, not only the summary")
     args = parser.parse_args()
     try:
         load = os.getloadavg()
