@@ -103,3 +103,19 @@ async def test_after_a_restart_older_trades_only_reveal_markets(monkeypatch):
     assert set(feed._assets) == {"11", "22", "33"}
     # Each market's tape starts at the whale's first trade in it, once its first book arrives.
     assert {a: st.wanted_from_s for a, st in feed._assets.items()} == {"11": 1500, "22": 1895, "33": 1950}
+
+
+async def test_a_whale_no_longer_watched_takes_its_markets_along(monkeypatch):
+    other = "0x" + "b" * 40
+    feed = make_feed(monkeypatch, Clock(3000.0), whale_history_s=3600, follow_whale_markets="true")
+    feed._apply_whales({WHALE: None, other: None})
+    feed._client.trades = [trade(2990, "0x1", asset="11"), trade(2991, "0x2", asset="22")]
+    await poll(feed)
+    feed._on_whale_polled(feed_module._WhalePolled(other, [DataTrade(other, "SELL", "22", "0xc", 1.0, 0.4, 2992,
+                                                                          "0x3")], None, 1))
+    assert set(feed._assets) == {"11", "22"}
+    feed._apply_whales({other: None})
+    assert set(feed._assets) == {"22"}  # still traded by a watched whale
+    feed._apply_whales({})
+    feed._symbols_changed()
+    assert feed._assets == {} and feed.symbols == [] and "11" in feed._retired

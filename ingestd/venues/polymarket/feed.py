@@ -110,7 +110,7 @@ class _Asset:
     book: LocalBook
     group: Group
     configured: bool
-    by_whale: bool = False  # followed because an enabled whale traded it
+    whales: set[str] = field(default_factory=set)  # the watched whales that traded it
     receiving: bool = False  # its trades arrive over a live connection (since a snapshot)
     tape_start_s: int | None = None  # the tape holds every trade from this second on (set at the first book)
     wanted_from_s: int | None = None  # before the first book: where the tape should start
@@ -290,14 +290,14 @@ class PolymarketFeed:
             self.stats.set_gauge(f"{VENUE}.symbols", len(self._assets))
             self.stats.set_gauge(f"{VENUE}.connections_planned", self._channel.planned())
 
-    def _whale_market(self, t: DataTrade) -> None:
+    def _whale_market(self, address: str, t: DataTrade) -> None:
         """A whale traded token `t.asset`: follow it, with its tape from that trade on."""
         if not self.cfg.follow_whale_markets:
             return
         if t.condition_id:
             self._condition_of.setdefault(t.asset, t.condition_id)
         st = self._follow(t.asset)
-        st.by_whale = True
+        st.whales.add(address)
         if not self.cfg.backfill:
             return
         lower = max(t.timestamp_s, int(time.time()) - self.cfg.backfill_max_s)
@@ -587,10 +587,18 @@ class PolymarketFeed:
 
     def _apply_whales(self, whales: dict[str, Whale | None]) -> list[Record]:
         out: list[Record] = []
-        for address in [a for a in self._whales if a not in whales]:
+        gone = [a for a in self._whales if a not in whales]
+        if gone:
+            out.extend(self._tape_checkpoints())  # the last resume points of tokens that may go
+        for address in gone:
             st = self._whales.pop(address)
             if st.watermark_s is not None and st.watermark_s != st.checkpointed:
                 out.append(Checkpoint(VENUE, address, st.watermark_s))
+            for asset, ast in list(self._assets.items()):
+                if address in ast.whales:
+                    ast.whales.discard(address)
+                    if not ast.whales and not ast.configured:
+                        self._unfollow(asset)
             log.info("whale no longer watched", extra={"address": address})
         added = False
         for address, row in whales.items():
@@ -678,7 +686,7 @@ class PolymarketFeed:
             if t.key in ws.seen:
                 continue
             ws.seen[t.key] = t.timestamp_s
-            self._whale_market(t)
+            self._whale_market(msg.address, t)
             if msg.emit_from_s is not None and t.timestamp_s < msg.emit_from_s:
                 continue
             out.append(WhaleTrade(
@@ -712,7 +720,7 @@ class PolymarketFeed:
             st = self._assets.get(asset)
             if st is not None:
                 st.configured = False
-                if not st.by_whale:
+                if not st.whales:
                     self._unfollow(asset)
         for asset in msg.added:
             self._follow(asset, configured=True)
