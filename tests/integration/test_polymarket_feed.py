@@ -16,7 +16,8 @@ import time
 from tests.harness import REPO, start_daemon, start_venue_sim, stop_process, wait_for, write_family_config
 
 SIM_FAULTS = ("--rate", "40", "--markets", "4", "--whales", "4", "--drop-every", "2", "--malformed-rate", "0.05",
-              "--data-429-rate", "0.1", "--data-malformed-rate", "0.1", "--ping-timeout", "5", "--book-dump", "array")
+              "--data-429-rate", "0.1", "--data-malformed-rate", "0.1", "--ping-timeout", "5", "--book-dump", "array",
+              "--data-lag-ms", "300")
 
 
 def whales_cli(config, state, *args):

@@ -152,6 +152,7 @@ class PolymarketFeed:
         self._condition_of: dict[str, str] = {}
         self._whales: dict[str, _WhaleState] = {}
         self._backfill_pending: dict[str, int] = {}  # condition -> earliest second to fetch from
+        self._backfill_due: dict[str, float] = {}  # condition -> trio time it may be fetched
         self._backfill_inflight: dict[str, int] = {}
         self._backfill_wakeup = trio.lowlevel.ParkingLot()
         self._client: DataClient | None = None
@@ -492,6 +493,9 @@ class PolymarketFeed:
             return
         current = self._backfill_pending.get(condition)
         self._backfill_pending[condition] = start_s if current is None else min(current, start_s)
+        # The Data API lists a trade a little after it happened: give the newest trades of a hole
+        # time to show before asking (the WebSocket has everything from the reconnect on).
+        self._backfill_due[condition] = trio.current_time() + self.cfg.backfill_delay_s
         self._backfill_wakeup.unpark()
 
     def _on_backfilled(self, msg: _Backfilled) -> list[Record]:
@@ -544,8 +548,14 @@ class PolymarketFeed:
                 if not self._backfill_pending:
                     await self._backfill_wakeup.park()
                     continue
-                condition, start = next(iter(self._backfill_pending.items()))
-                del self._backfill_pending[condition]
+                condition = min(self._backfill_pending, key=lambda c: self._backfill_due[c])
+                due = self._backfill_due[condition]
+                if due > trio.current_time():
+                    with trio.move_on_at(due):
+                        await self._backfill_wakeup.park()  # or something else got scheduled
+                    continue
+                start = self._backfill_pending.pop(condition)
+                del self._backfill_due[condition]
                 self._backfill_inflight[condition] = start
                 got = await self._client.fetch_trades(data_api.market_trades, condition, start)
                 if got is None:
@@ -553,7 +563,7 @@ class PolymarketFeed:
                     self._backfill_inflight.pop(condition, None)
                     current = self._backfill_pending.get(condition)
                     self._backfill_pending[condition] = start if current is None else min(current, start)
-                    await trio.sleep(BACKFILL_RETRY_S)
+                    self._backfill_due[condition] = trio.current_time() + BACKFILL_RETRY_S
                     continue
                 msg = _Backfilled(condition, got[0])
                 await inbox.send(msg)

@@ -57,6 +57,10 @@ class PolymarketFeedConfig(FeedConfig):
     backfill_overlap_s: int = option(
         5, Integer(0, 3600), "a reconnect's backfill starts this many seconds before the last trade seen"
     )
+    backfill_delay_s: float = option(
+        2.0, Number(0, 600), "a backfill waits this long after the hole closed: the Data API lists trades a "
+        "little after they happen"
+    )
     backfill_max_s: int = option(
         3600, Integer(0, 30 * 86400),
         "no backfill reaches further back than this many seconds: a restart's (from the stored resume "
