@@ -119,7 +119,9 @@ with AOF everysec, 20 pairs, every record checked with XLEN/XRANGE afterwards:
     late path (ahead of a hole / backfill) 90k / 115k trades/s (Redis 8.6 / 6.1 us/trade)
     beside a GIL-busy thread, batch 5000   35k-63k trades/s
     whole SinkRunner, producer decoding    75k-110k trades/s
-    10k trades/s offered, linger 5 ms      exchange -> stored p50 7 ms, p99 16 ms; write p99 8 ms
+    10k trades/s offered, linger 5 ms      exchange -> stored p50 7 ms, p99 16-22 ms; write p99 8-9 ms
+    10k trades/s offered, linger 10 ms     p50 10-12 ms, p99 26 ms (121 ms in a run at load 3.4)
+    10k trades/s offered, linger 50 ms     p50 38-40 ms, p99 76 ms
 """
 
 from __future__ import annotations
@@ -730,7 +732,7 @@ class _EntryCall:
 
 
 class RedisStreamsSink(Sink):
-    """Stores trades and book tops in Redis Streams, de-duplicated by a server-side script.
+    """Stores every record kind in Redis Streams, de-duplicated by server-side scripts.
 
     The pipeline calls it from a worker thread, one call at a time; a lock still guards the client
     so `resume_points` is safe from another thread.
