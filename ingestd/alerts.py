@@ -28,6 +28,13 @@ the stats registry knows:
     CpuHigh           warning   process CPU > cpu_ratio (90 %) of one core over
                                 cpu_window_s (60), for cpu_for_s (300)
 
+A feed paused by the operator (the stats socket's `pause` verb; snapshot "state": "paused") has no
+connection up and receives nothing on purpose: WebSocketDown and NoDataReceived do not fire while it
+is paused (one already firing resolves, with "paused by operator" as the reason), and both clocks
+start over at `resume`, so the venue gets the full ws_down_for_s / no_data_s to come back. That a
+feed is paused is shown elsewhere, not as an alert: STATUS=, the console's STATE column, the
+connections' state "paused", the <family>.paused gauge (ingestd_gauge in /metrics) and the log.
+
 Each (rule, labels) pair is a small state machine: inactive -> pending (the condition holds) ->
 firing (it held `for` seconds: one "firing" transition) -> resolved (the clearing condition held
 `clear_for_s` seconds: one "resolved" transition) -> inactive. Threshold rules clear only below
@@ -233,6 +240,7 @@ class _Context:
         self.counters: dict[str, int] = snapshot.get("counters", {})
         self.gauges: dict[str, float] = snapshot.get("gauges", {})
         self.process: dict = snapshot.get("process") or {}
+        self.paused = snapshot.get("state") == "paused"  # by the operator: see the module docstring
 
     def baseline(self, window_s: float) -> _Sample | None:
         """The sample to diff against for "in the last window_s": the oldest one inside the window;
@@ -280,7 +288,12 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+PAUSED = "paused by operator: connections closed on purpose until `resume`"
+
+
 def _ws_down(ctx: _Context) -> Iterable[Finding]:
+    if ctx.paused:
+        return [Finding({}, False, PAUSED)]
     conns = ctx.snap.get("connections", [])
     planned = int(sum(v for k, v in ctx.gauges.items() if k.endswith(".connections_planned")))
     if not conns and planned == 0:
@@ -295,11 +308,19 @@ def _ws_down(ctx: _Context) -> Iterable[Finding]:
 
 
 def _no_data(ctx: _Context) -> Iterable[Finding]:
+    if ctx.paused:
+        return [Finding({}, False, PAUSED)]
     last = ctx.last_data_at()
     ref = last if last is not None else ctx.started
+    resumed = ctx.engine._resumed_at
+    since_resume = resumed is not None and resumed > ref
+    if since_resume:
+        ref = resumed  # the silence before a resume was the operator's
     age = ctx.now - ref
     if age >= ctx.cfg.no_data_s:
-        if last is None:
+        if since_resume:
+            msg = f"no data received in the {_fmt_s(age)} since the operator resumed the feed"
+        elif last is None:
             msg = f"no data received in the {_fmt_s(age)} since start"
         else:
             msg = f"no data received for {_fmt_s(age)}"
@@ -454,6 +475,8 @@ class AlertEngine:
         self._history: deque[Transition] = deque(maxlen=history_size)
         self._samples: deque[_Sample] = deque()
         self._sink_progress: dict[str, tuple[int, float]] = {}  # sink -> (batches, when it last grew)
+        self._paused = False  # the feed was paused by the operator at the last evaluation
+        self._resumed_at: float | None = None  # when an evaluation first saw it running again
         windows = [self.config.write_errors_window_s, self.config.error_rate_window_s, self.config.cpu_window_s]
         self._keep_s = max(windows) + 1.0
         self._sample_every_s = max(0.0, min(1.0, min(windows) / 10))
@@ -476,6 +499,9 @@ class AlertEngine:
         that happened at this step. Each alert fires once and resolves once."""
         ctx = _Context(self, snapshot, now)
         self._track_sinks(ctx)
+        if self._paused and not ctx.paused:
+            self._resumed_at = now
+        self._paused = ctx.paused
         transitions: list[Transition] = []
         for rule in self.rules:
             seen: set = set()
@@ -602,6 +628,7 @@ async def run_alerts(
     webhook_retry_base_s: float = 1.0,
     queue_size: int = 100,
     sample: Callable[[], dict[str, Any]] | None = None,
+    describe: Callable[[], dict[str, Any]] = dict,
     clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -626,6 +653,7 @@ async def run_alerts(
         while True:
             try:
                 snapshot = stats.snapshot()
+                snapshot.update(describe())  # the supervisor's run state: "paused" quiets two rules
                 snapshot["process"] = sample()
                 transitions = engine.evaluate(snapshot, clock())
             except Exception:  # a bug here must not take ingestion down with it

@@ -38,6 +38,7 @@ examples:
   ingestd check-config --config etc/ingestd.toml   validate a config file, listing every problem
   ingestd run binance                              run the [feeds.binance] feed in the foreground
   systemctl start ingestd@binance                  the same as a systemd service
+  sudo ingestd pause binance                       pause a running instance (later: ingestd resume binance)
 
 The config file is --config PATH, else ${CONFIG_PATH_ENV}, else {DEFAULT_CONFIG_PATH}; etc/ingestd.toml
 in the source tree documents every key. `ingestd COMMAND --help` explains each command.
@@ -335,6 +336,10 @@ def build_parser(sim_cli: Any = None) -> argparse.ArgumentParser:
     )
     migrate_parser.add_argument("--sink", metavar="NAME", help="only this sink (default: every postgres sink)")
     migrate_parser.set_defaults(handler=db_migrate)
+
+    from ingestd import ctl  # pause, resume, reconnect, flush, trigger: the stats socket's control verbs
+
+    ctl.add_commands(commands, _add_command)
 
     from ingestd.venues.polymarket import whales_cli  # argparse only; the stores load when it runs
 

@@ -151,6 +151,11 @@ class SinkRunner:
         self._pending_capacity = 2 * capacity + 2
         self._spooling_batch: list[Record] | None = None  # taken from pending, not yet on disk
         self._replay_waiting = False  # the writer has replayed everything and waits for the spooler
+        # Operator `flush`: every record ever taken, and while a flush waits, the count it waits for.
+        self._accepted_records = 0
+        self._flush_waiters = 0
+        self._flush_until = 0
+        self._flush_lot = trio.lowlevel.ParkingLot()
         # Lifecycle.
         self._producers = 0
         self._closing = False  # every producer detached: drain and return
@@ -223,6 +228,7 @@ class SinkRunner:
         finally:
             self._finished = True
             self._room_lot.unpark_all()
+            self._flush_lot.unpark_all()
             with trio.CancelScope(shield=True):  # a cancelled run still spools and releases its connection
                 if self._spool_open:
                     with trio.move_on_after(EXIT_SPOOL_TIMEOUT_S):
@@ -266,6 +272,45 @@ class SinkRunner:
             logger.info("sink %s: unavailable; resume points for %d symbols taken from its spool", self.sink.name, len(points))
         return points
 
+    # --- operator flush ------------------------------------------------------------------------
+
+    def held_records(self) -> int:
+        """Records in memory that are neither stored nor spooled yet."""
+        held = len(self._batch) + sum(map(len, self._queue)) + self._pending_records
+        if self._inflight is not None and not self._inflight_spooled:  # else its copy is in pending
+            held += len(self._inflight)
+        if self._spooling_batch is not None:
+            held += len(self._spooling_batch)
+        return held
+
+    def _released_records(self) -> int:
+        # Memory is first in, first out (live: in flight, batch, queue; diverted: the batch being
+        # spooled, pending), so once this many have left it, every earlier record has.
+        return self._accepted_records - self.held_records()
+
+    async def flush(self, timeout_s: float) -> dict:
+        """Operator `flush`: write what this runner holds now (to the sink, or to the spool while
+        diverted) without waiting out `linger_s`, and wait up to `timeout_s` until it has left
+        memory. Returns {"records": held at the call, "done": all of them stored or spooled,
+        "state": live | spooling | replaying}."""
+        held = self.held_records()
+        target = self._accepted_records
+        if held and not self._finished:
+            self._flush_until = max(self._flush_until, target)
+            self._flush_waiters += 1
+            self._wake_all()
+            try:
+                with trio.move_on_after(timeout_s):
+                    while self._released_records() < target and not self._finished:
+                        with trio.move_on_after(0.25):  # re-check even if a wake-up was missed
+                            await self._flush_lot.park()
+            finally:
+                self._flush_waiters -= 1
+        return {"records": held, "done": self._released_records() >= target, "state": self.state}
+
+    def _flush_wanted(self) -> bool:
+        return self._flush_waiters > 0 and self._released_records() < self._flush_until
+
     # --- producers -----------------------------------------------------------------------------
 
     def _offer(self, chunk: list[Record]) -> bool:
@@ -279,20 +324,19 @@ class SinkRunner:
             if len(self._pending) >= self._pending_capacity:
                 return False
             self._add_pending(chunk, trio.current_time())
-            return True
-        if not self._queue and len(self._batch) < self.batch_size:
+        elif not self._queue and len(self._batch) < self.batch_size:
             if not self._batch:
                 self._batch_deadline = trio.current_time() + self.linger_s
             self._batch.extend(chunk)
             self._writer_lot.unpark_all()
-            return True
-        if len(self._queue) < self.capacity:
+        elif len(self._queue) < self.capacity:
             self._queue.append(chunk)
-            return True
-        if self.spool is None:
+        elif self.spool is None:
             return False  # plain backpressure
-        self._divert("its buffer is full (the sink is slower than the feed)")
-        self._add_pending(chunk, trio.current_time())
+        else:
+            self._divert("its buffer is full (the sink is slower than the feed)")
+            self._add_pending(chunk, trio.current_time())
+        self._accepted_records += len(chunk)
         return True
 
     async def _put(self, chunk: list[Record]) -> None:
@@ -402,6 +446,7 @@ class SinkRunner:
                     or trio.current_time() >= self._batch_deadline
                     or self._closing
                     or self._giving_up
+                    or self._flush_wanted()
                 ):
                     await self._write_live(self._take_batch())
                     continue
@@ -454,6 +499,7 @@ class SinkRunner:
                     self._inflight = None  # a copy is in the spool's hands; replay takes over
                     return
         self._inflight = None
+        self._flush_lot.unpark_all()
         if backoff.attempt:
             logger.info("sink %s: write succeeded after %d failed attempts", self.sink.name, backoff.attempt)
         self._record_stored_latency(batch)
@@ -554,6 +600,7 @@ class SinkRunner:
             urgent = (
                 self._closing or self._giving_up or self._writer_done or self._replay_waiting
                 or self._pending_records >= self.batch_size or len(self._pending) >= self._pending_capacity
+                or self._flush_waiters > 0
             )
             linger_until = self._pending[0][0] + self.linger_s
             if not urgent and trio.current_time() < linger_until:
@@ -565,6 +612,7 @@ class SinkRunner:
             await self._append(batch)
             self._spooling_batch = None
             self._writer_lot.unpark_all()
+            self._flush_lot.unpark_all()
 
     def _take_pending(self) -> list[Record]:
         batch: list[Record] = []

@@ -6,9 +6,11 @@
     └── work                cancel scope that gets the shutdown deadline
         ├── sink runners    opened first, so nothing is produced before it can be stored or spooled
         ├── feed            resumes from the sinks' checkpoints
-        ├── ops             stats socket, HTTP, alerts, systemd STATUS and watchdog (optional)
+        ├── ops             stats socket, HTTP, alerts, systemd STATUS and watchdog (optional);
+        │                   the socket's control verbs are ingestd.controls
         └── drain           on stop: STOPPING=1, the feed stops taking data and drains into the
-                            sink channels, the channels close, each runner writes or spools its rest
+                            sink channels, the channels close, each runner writes or spools its rest;
+                            the stats socket and HTTP answer until the runners are done ("draining")
 
 Shutdown order matters for "nothing lost": whatever the deadline cuts off was never checkpointed,
 so the next start refetches it.
@@ -28,6 +30,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ingestd.config import ConfigError, load_config
+from ingestd.controls import InstanceControls
 from ingestd.pipeline import Router, SinkRunner
 from ingestd.sinks import build_sink
 from ingestd.sinks.spool import spool_dir_for
@@ -124,6 +127,8 @@ class Instance:
             for sink in self.sinks
         ]
         self.router = Router(self.runners)
+        self.controls = InstanceControls(self.family, instance, self.stats, self.runners, lambda: self.feed,
+                                         FEED_CLASSES)
 
     async def run(self, *, on_started=None, stop: trio.Event | None = None, ops: bool = False) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +147,22 @@ class Instance:
             log.info("stopped cleanly", extra={"instance": self.instance})
 
     async def _start(self, nursery: trio.Nursery, stop: trio.Event, work: trio.CancelScope, on_started, ops) -> None:
+        runners_done = trio.Event()  # the operator services answer until then
+        runners_left = len(self.runners)
+        if not runners_left:
+            runners_done.set()
+
+        async def run_runner(runner: SinkRunner, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            nonlocal runners_left
+            try:
+                await runner.run(task_status=task_status)
+            finally:
+                runners_left -= 1
+                if not runners_left:
+                    runners_done.set()
+
         for runner in self.runners:
-            await nursery.start(runner.run)
+            await nursery.start(run_runner, runner)
         # Resume from the MINIMUM per symbol over the sinks, not from one of them: a sink that was
         # down must not be skipped over, or the trades it missed would never reach it (the others
         # skip the repeats on their natural keys). A sink returning {} (never checkpointed, or one
@@ -167,25 +186,33 @@ class Instance:
         # it out of the collector's reach, so full collections stop pausing every thread for 10-40 ms.
         gc.freeze()
         log.info("instance started", extra={"instance": self.instance, "sinks": ",".join(self.feed_cfg.sinks)})
-        aux = trio.CancelScope()  # services that end when draining starts
+        aux = trio.CancelScope()  # tasks that end when draining starts
+        services = trio.CancelScope()  # the operator services: they end when the runners are done
+        draining = trio.Event()
+
+        async def run_services(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            from ingestd.ops import run_ops
+
+            controls = self.controls
+            with services:
+                await run_ops(
+                    config=self.config, feed_cfg=self.feed_cfg, instance=self.instance, stats=self.stats,
+                    notifier=self.notifier, pairs=lambda: list(feed.symbols), controls=controls.handlers(),
+                    describe=controls.describe, paused=controls.paused, status_wake=controls.changed,
+                    draining=draining, task_status=task_status)
 
         async def run_aux() -> None:
             with aux:
                 async with trio.open_nursery() as n:
-                    if ops:
-                        from ingestd.ops import run_ops
-
-                        await n.start(lambda task_status: run_ops(
-                            config=self.config, feed_cfg=self.feed_cfg, instance=self.instance, stats=self.stats,
-                            notifier=self.notifier, pairs=lambda: list(feed.symbols), controls=self._controls(),
-                            task_status=task_status))
                     n.start_soon(self._announce_ready)
                     if on_started is not None:
                         n.start_soon(on_started, self.stats)
 
         async def drain_when_stopped() -> None:
             await stop.wait()
+            self.controls.mark_draining()
             self.notifier.stopping()
+            draining.set()
             aux.cancel()
             timeout = self.config.daemon.shutdown_timeout_s
             work.deadline = trio.current_time() + timeout
@@ -196,7 +223,11 @@ class Instance:
             feed.stop()
             await feed_done.wait()
             await self.router.aclose()
+            await runners_done.wait()
+            services.cancel()
 
+        if ops:
+            await nursery.start(run_services)
         nursery.start_soon(run_aux)
         nursery.start_soon(drain_when_stopped)
 
@@ -210,15 +241,9 @@ class Instance:
                 if up >= planned:
                     break
                 await trio.sleep(0.1)
+        self.controls.mark_ready()
         self.notifier.ready(f"{self.instance}: running")
         log.info("ready", extra={"instance": self.instance})
-
-    def _controls(self) -> dict:
-        async def reconnect(args: dict) -> dict:
-            replaced = self.feed.reconnect()
-            return {"ok": True, "replacing": replaced}
-
-        return {"reconnect": reconnect}
 
     async def _watch_signals(self, signals, stop: trio.Event, work: trio.CancelScope) -> None:
         async for signum in signals:
@@ -261,4 +286,5 @@ class Instance:
             # A reload is an operator's request; whatever goes wrong, the running feed carries on.
             log.exception("reload failed, keeping the running configuration")
         finally:
-            self.notifier.ready(f"{self.instance}: running")
+            self.notifier.ready(f"{self.instance}: {self.controls.state}")
+            self.controls.changed.unpark_all()  # and the full STATUS= line right after

@@ -9,13 +9,19 @@ The ping is conditional. It comes from a task in the main nursery, and only whil
 reports a fresh heartbeat. A stalled event loop sends nothing at all, and a wedged feed makes the
 pinger hold back, so in both cases systemd's watchdog restarts the service. That is the point of
 having a watchdog instead of mere liveness.
+
+A feed paused by the operator (the stats socket's `pause`) is healthy: it idles on purpose. The
+pings go on while it is paused even if its heartbeat goes quiet (the Binance feed keeps beating
+anyway; a polling feed may sleep until resumed). The ping still comes from the main nursery, so a
+stalled event loop still misses it, and a feed that does not make progress after `resume` stops it.
+STATUS= then reads `binance: paused by operator, 0/4 conns, ...`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import sdnotify
 import trio
@@ -93,6 +99,8 @@ class StatusLine:
         self._last_at = 0.0
 
     def render(self, snapshot: dict, now: float, alerts: int = 0) -> str:
+        """The line; a snapshot with "state" (from the supervisor) other than "running" says so first:
+        `binance: paused by operator, 0/4 conns, ...`, `binance: draining, ...`."""
         conns = snapshot["connections"]
         up = sum(1 for c in conns if c["state"] == "up")
         planned = int(sum(v for k, v in snapshot["gauges"].items() if k.endswith(".connections_planned")))
@@ -103,7 +111,10 @@ class StatusLine:
         self._last_total, self._last_at = total, now
         p99 = snapshot["lag"]["p99_us"]
         lag = "-" if p99 is None else f"{p99 / 1000:.0f} ms"
-        return f"{self.instance}: {up}/{max(planned, len(conns))} conns, {_si(rate)} msg/s, lag p99 {lag}, {alerts} alerts"
+        state = snapshot.get("state")
+        head = {"paused": "paused by operator, ", None: "", "running": ""}.get(state, f"{state}, ")
+        return (f"{self.instance}: {head}{up}/{max(planned, len(conns))} conns, {_si(rate)} msg/s, lag p99 {lag},"
+                f" {alerts} alerts")
 
 
 def _si(x: float) -> str:
@@ -116,14 +127,15 @@ def feeds_fresh(stats: StatsRegistry, max_age_s: float) -> bool:
     return bool(ages) and all(age <= max_age_s for age in ages.values())
 
 
-async def run_watchdog(notifier: Notifier, stats: StatsRegistry) -> None:
-    """Ping every WATCHDOG_USEC/2 while the feeds are fresh; hold back (and say so once) otherwise."""
+async def run_watchdog(notifier: Notifier, stats: StatsRegistry, paused: Callable[[], bool] = lambda: False) -> None:
+    """Ping every WATCHDOG_USEC/2 while the feeds are fresh (or paused by the operator); hold back
+    (and say so once) otherwise."""
     interval = notifier.watchdog_interval_s
     if interval is None:
         return
     holding = False
     while True:
-        if feeds_fresh(stats, max_age_s=interval):
+        if paused() or feeds_fresh(stats, max_age_s=interval):
             notifier.watchdog()
             if holding:
                 log.info("feeds are making progress again; watchdog pings resumed")
@@ -136,11 +148,17 @@ async def run_watchdog(notifier: Notifier, stats: StatsRegistry) -> None:
         await trio.sleep(interval)
 
 
-async def run_status(notifier: Notifier, stats: StatsRegistry, instance: str, alerts_count=lambda: 0) -> None:
-    """Refresh the one-line STATUS= every few seconds (shown by `systemctl status`)."""
+async def run_status(notifier: Notifier, stats: StatsRegistry, instance: str, alerts_count=lambda: 0,
+                     describe: Callable[[], dict] = dict, wake: trio.lowlevel.ParkingLot | None = None) -> None:
+    """Refresh the one-line STATUS= every few seconds (shown by `systemctl status`), and at once
+    when `wake` is unparked (a pause or resume). `describe()` adds the supervisor's "state"."""
     if not notifier.enabled:
         return
     line = StatusLine(instance)
+    wake = wake or trio.lowlevel.ParkingLot()
     while True:
-        notifier.status(line.render(stats.snapshot(), trio.current_time(), alerts_count()))
-        await trio.sleep(STATUS_INTERVAL_S)
+        snapshot = stats.snapshot()
+        snapshot.update(describe())
+        notifier.status(line.render(snapshot, trio.current_time(), alerts_count()))
+        with trio.move_on_after(STATUS_INTERVAL_S):
+            await wake.park()

@@ -23,11 +23,16 @@ from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static, TabbedContent, TabPane
 
+from ingestd.ctl import ADMIN_GROUP
+from ingestd.ctl import describe as describe_result
 from ingestd_console import client
 from ingestd_console.model import (
     COLUMNS,
     CONNECTING,
+    DRAINING,
     GONE,
+    PAUSED,
+    STARTING,
     UP,
     Instance,
     alert_title,
@@ -45,6 +50,7 @@ from ingestd_console.model import (
 
 RECONNECT_S = 5.0
 RESCAN_S = 5.0
+CONFIRM_S = 3.0  # `p` pauses ingestion: it must be pressed twice within this long
 
 MONO_THEME = Theme(
     name="ingestd-mono",
@@ -63,9 +69,10 @@ MONO_THEME = Theme(
 
 # Emphasis per state: colour, or (monochrome) weight and reverse video only.
 STYLES = {
-    "color": {UP: "bold green", CONNECTING: "yellow", GONE: "bold red", "alert": "bold white on red",
-              "trend": "cyan", "dim": "dim"},
-    "mono": {UP: "bold", CONNECTING: "italic", GONE: "reverse", "alert": "bold reverse", "trend": "", "dim": "dim"},
+    "color": {UP: "bold green", CONNECTING: "yellow", GONE: "bold red", STARTING: "yellow", PAUSED: "bold yellow",
+              DRAINING: "magenta", "alert": "bold white on red", "trend": "cyan", "dim": "dim"},
+    "mono": {UP: "bold", CONNECTING: "italic", GONE: "reverse", STARTING: "italic", PAUSED: "bold underline",
+             DRAINING: "italic underline", "alert": "bold reverse", "trend": "", "dim": "dim"},
 }
 
 
@@ -78,21 +85,30 @@ class InstancesTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Details")]
 
 
+TABS = Binding.Group("Tabs", compact=True)  # one footer entry, "1234 Tabs": room for the verbs at 80 columns
+
+
 class InstanceScreen(Screen):
     """One instance: its connections, symbols, sinks and alert history."""
 
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("q", "app.quit", "Quit"),
-        Binding("1", "tab('conns')", "Conns"),
-        Binding("2", "tab('symbols')", "Symbols"),
-        Binding("3", "tab('sinks')", "Sinks"),
-        Binding("4", "tab('alerts')", "Alerts"),
+        Binding("1", "tab('conns')", "Conns", group=TABS),
+        Binding("2", "tab('symbols')", "Symbols", group=TABS),
+        Binding("3", "tab('sinks')", "Sinks", group=TABS),
+        Binding("4", "tab('alerts')", "Alerts", group=TABS),
+        # The stats socket's control verbs (root or the admin group only; the daemon checks).
+        Binding("p", "control('pause')", "Pause"),
+        Binding("r", "control('resume')", "Resume"),
+        Binding("c", "control('reconnect')", "Reconn"),
+        Binding("f", "control('flush')", "Flush"),
     ]
 
     def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
+        self.armed_at: float | None = None  # when `p` was pressed once
         self.ready = False  # columns added: snapshots may arrive between push_screen and on_mount
         self.alert_rows: dict[str, dict] = {}
 
@@ -142,6 +158,30 @@ class InstanceScreen(Screen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    def action_control(self, verb: str) -> None:
+        inst = self.instance
+        if verb == "pause":
+            now = time.monotonic()
+            if self.armed_at is None or now - self.armed_at > CONFIRM_S:
+                self.armed_at = now
+                self.notify(f"Press p again to pause {inst.name}: it closes its connections and stores nothing"
+                            " until resumed (r).", title="Pause?", severity="warning", timeout=CONFIRM_S)
+                return
+            self.armed_at = None
+        self.app.run_worker(self.send_control(verb, inst), group="control", exit_on_error=False)
+
+    async def send_control(self, verb: str, inst: Instance) -> None:
+        try:
+            result = await client.control(inst.path, verb)
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            self.notify(f"cannot reach {inst.name}: {exc or type(exc).__name__}", title=verb, severity="error")
+            return
+        if not result.ok:
+            hint = (f" (root or the {ADMIN_GROUP} group only)" if result.error == "permission denied" else "")
+            self.notify(f"{inst.name} refused: {result.error}{hint}", title=verb, severity="error", timeout=8)
+            return
+        self.notify(describe_result(verb, inst.name, result.data or {}), title=verb)
+
     @property
     def instance(self) -> Instance:
         return self.app.instances[self.key]  # type: ignore[attr-defined]
@@ -155,7 +195,7 @@ class InstanceScreen(Screen):
         now_us = snap.get("now_us") or 0
         summary = Text()
         summary.append(f" {inst.name} ", style="bold")
-        summary.append(inst.state, style=styles[inst.state])
+        summary.append(inst.shown_state, style=styles.get(inst.shown_state, ""))
         if inst.state == GONE and inst.reason:
             summary.append(f" ({inst.reason})")
         up = inst.uptime_s()
@@ -212,7 +252,7 @@ def _sync_rows(table: DataTable, rows: dict[str, tuple]) -> None:
     if existing == list(rows):
         for key, cells in rows.items():
             for col, value in zip(table.columns, cells):
-                table.update_cell(key, col, value)
+                table.update_cell(key, col, value, update_width=True)
         return
     cursor = table.cursor_row
     table.clear()
@@ -344,7 +384,7 @@ class ConsoleApp(App):
             text = clip(values[key], width)
             style = ""
             if key == "state":
-                style = styles.get(inst.state, "")
+                style = styles.get(inst.shown_state, "")
             elif key == "alerts" and values[key] != "-":
                 style = styles["alert"]
             elif key == "werr" and values[key] not in ("-", "0"):
@@ -433,7 +473,8 @@ of that group (`sudo adduser $USER ingestd`, then log in again)."""
 
 EPILOG = """\
 columns:
-  STATE   up: updates arriving; connecting: first attempt; gone: unreachable, retried every 5 s
+  STATE   up: updates arriving; connecting: first attempt; gone: unreachable, retried every 5 s;
+          starting (not READY yet), paused (by an operator), draining (stopping): as the daemon says
   CONNS   venue connections up / planned
   MSG/S   venue messages received per second; TREND: the last 8 samples (Sparkline below the table)
   LAG ms  exchange-to-receive latency, p50/p99 over the last 30-60 s
@@ -441,7 +482,9 @@ columns:
   SPOOL   bytes spooled to local disk while a sink is down;  ALRT: alerts firing
 
 keys: Up/Down choose an instance, Enter opens it (connections, symbols, sinks, alert history),
-      1-4 switch its tabs, Esc goes back, q quits.
+      1-4 switch its tabs, Esc goes back, q quits. In an instance: p p pauses its feed (twice, to
+      be sure), r resumes it, c replaces its connections, f flushes its sinks (root or the
+      ingestd group only: the daemon checks).
 
 examples:
   ingestd-console                                     every instance under /run/ingestd

@@ -101,6 +101,32 @@ async def follow(
         await asyncio.sleep(reconnect_s)
 
 
+async def control(path: Path, verb: str, args: dict | None = None, *, timeout: float = 40.0) -> p.Result:
+    """Send one control verb on a fresh connection and return the daemon's result (ok or refused).
+    Raises OSError/ConnectionError/TimeoutError when the daemon cannot be reached."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), CONNECT_TIMEOUT_S)
+    try:
+        writer.write(p.encode(p.ControlRequest(verb=verb, args=args or {}, id="console")))
+        await writer.drain()
+        conn = p.Connection("client")
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await reader.read(READ_BYTES)
+                for event in conn.receive_data(data):
+                    if isinstance(event, p.Result):
+                        return event
+                    if isinstance(event, (p.Error, p.ProtocolError)):
+                        raise ConnectionError(f"the daemon did not understand the request: {event.error}")
+                if not data:
+                    raise ConnectionError("closed by the daemon without an answer")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ConnectionError):
+            pass
+
+
 async def sample(path: Path, interval_ms: int, count: int = 2, *, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Up to `count` consecutive snapshots (fewer if the time runs out)."""
     out: list[dict[str, Any]] = []

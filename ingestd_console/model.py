@@ -16,6 +16,9 @@ RATE_HISTORY = 120  # samples kept per instance for the sparklines
 ALERT_HISTORY = 200
 
 UP, CONNECTING, GONE = "up", "connecting", "gone"
+# What a daemon says of itself (snapshot "state", from ingestd.controls) when it is not simply running.
+STARTING, PAUSED, DRAINING = "starting", "paused", "draining"
+DAEMON_STATES = (STARTING, PAUSED, DRAINING)
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 
@@ -86,6 +89,16 @@ class Instance:
         self.rate = None
 
     # --- derived views ---
+
+    @property
+    def shown_state(self) -> str:
+        """The STATE column: the connection's (up, connecting, gone), or while up, what the daemon
+        says when it is not simply running (starting, paused by the operator, draining at a stop)."""
+        if self.state == UP:
+            daemon = (self.snapshot or {}).get("state")
+            if daemon in DAEMON_STATES:
+                return daemon
+        return self.state
 
     @property
     def connections(self) -> list[dict[str, Any]]:
@@ -336,7 +349,7 @@ def row_values(inst: Instance) -> dict[str, str]:
     firing = inst.firing()
     return {
         "instance": inst.name,
-        "state": inst.state,
+        "state": inst.shown_state,
         "conns": f"{cu[0]}/{cu[1]}" if cu else "-",
         "rate": fmt_rate(inst.rate) if inst.state == UP else "-",
         "trend": spark_text(inst.rates),

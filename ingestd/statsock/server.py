@@ -7,8 +7,12 @@ Who may do what:
   * connecting at all is decided by the file mode: 0660, so the daemon's user and group (and root);
   * `snapshot` and `subscribe` are for everyone who can connect;
   * `control` verbs only for a peer that is uid 0 or whose gid or supplementary groups include
-    `admin_group`, checked with SO_PEERCRED (+ /proc/<pid>/status). Others get ok=false,
-    "permission denied", and the daemon logs the refusal.
+    `admin_group`, checked with SO_PEERCRED (+ /proc/<pid>/status), before any verb is looked up.
+    Others get ok=false, "permission denied", and the daemon logs the refusal.
+
+What each verb does is the daemon's business (`controls`, see ingestd.controls); a handler that
+raises ControlRefused answers ok=false with its message. `describe()` adds top-level fields to every
+snapshot (the supervisor's "state": starting, running, paused, draining).
 
 A slow reader never stalls the daemon: each connection has a small outbox; a subscriber whose outbox
 is full when an update is due is dropped (it may reconnect). A subscription's snapshot is built and
@@ -36,6 +40,11 @@ from ingestd.statsock import protocol as p
 log = logging.getLogger("ingestd.statsock")
 
 ControlHandler = Callable[[dict], Awaitable[dict]]
+
+
+class ControlRefused(Exception):
+    """Raised by a control handler for a verb that does not apply (now, or to this feed): the reply
+    is ok=false with this message, logged as a refusal rather than a failure."""
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
@@ -168,8 +177,9 @@ class _Client:
 
 class _StatsServer:
     def __init__(self, stats: StatsRegistry, controls: Mapping[str, ControlHandler], admin_gid: int | None,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, describe: Callable[[], dict] = dict) -> None:
         self.stats = stats
+        self.describe = describe
         self.controls = dict(controls)
         self.admin_gid = admin_gid
         self.nursery = nursery
@@ -185,6 +195,7 @@ class _StatsServer:
         if max_age_s > 0 and self._cached is not None and now - self._cached[0] <= max_age_s:
             return self._cached[1]
         data = self.stats.snapshot()
+        data.update(self.describe())
         self._cached = (now, data)
         return data
 
@@ -309,13 +320,16 @@ class _StatsServer:
         if handler is None:
             supported = ", ".join(sorted(self.controls)) or "none"
             return result(False, f"unknown verb {req.verb[:64]!r} (this instance supports: {supported})")
-        log.info("stats socket: control verb", extra={**fields, "args": _short_json(req.args)})
+        log.info("stats socket: control verb", extra={**fields, "verb_args": _short_json(req.args)})
         try:
             with trio.fail_after(CONTROL_TIMEOUT_S):
                 data = await handler(dict(req.args))
         except trio.TooSlowError:
             log.warning("stats socket: control verb timed out", extra=fields)
             return result(False, f"timed out after {CONTROL_TIMEOUT_S:g}s")
+        except ControlRefused as exc:
+            log.info("stats socket: control verb refused", extra={**fields, "reason": str(exc)})
+            return result(False, str(exc))
         except Exception as exc:
             log.warning("stats socket: control verb failed", extra={**fields, "error": repr(exc)})
             return result(False, str(exc) or type(exc).__name__)
@@ -333,6 +347,7 @@ async def serve_stats_socket(
     *,
     controls: Mapping[str, ControlHandler] | None = None,
     admin_group: str | None = "ingestd",
+    describe: Callable[[], dict] = dict,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `stats` on an AF_UNIX stream socket at `path` until cancelled.
@@ -341,7 +356,8 @@ async def serve_stats_socket(
     another kind), binds with mode 0660, reports `path` via task_status once connectable, removes
     the socket file on exit (unless a successor has replaced it). `controls` maps a verb (see
     protocol.VERBS) to `async def handler(args: dict) -> dict`; verbs not in it are answered with
-    ok=false. `admin_group=None`: only root may use control verbs.
+    ok=false. `admin_group=None`: only root may use control verbs. `describe()`'s fields are added to
+    every snapshot.
 
     Raises OSError from `nursery.start` if the socket cannot be created (e.g. permission denied).
     """
@@ -351,7 +367,7 @@ async def serve_stats_socket(
     sock, ino = await _bind(path)
     try:
         async with trio.open_nursery() as nursery:
-            server = _StatsServer(stats, controls or {}, admin_gid, nursery)
+            server = _StatsServer(stats, controls or {}, admin_gid, nursery, describe)
             listener = trio.SocketListener(sock)
             await nursery.start(trio.serve_listeners, server.handle, [listener])
             log.info("stats socket listening", extra={"path": str(path), "controls": ",".join(sorted(server.controls))})
@@ -361,4 +377,5 @@ async def serve_stats_socket(
         _remove_if_ours(path, ino)
 
 
-__all__ = ["serve_stats_socket", "peer_credentials", "may_control", "supplementary_groups", "ControlHandler"]
+__all__ = ["serve_stats_socket", "peer_credentials", "may_control", "supplementary_groups", "ControlHandler",
+           "ControlRefused"]

@@ -121,6 +121,8 @@ class _ConnectionHandle:
     replace_wanted: trio.Event = field(default_factory=trio.Event)
     connected_at: float = 0.0  # trio.current_time() of the current TCP connection
     conn: Any = None  # the live WsConnection, for SUBSCRIBE/UNSUBSCRIBE; None between connects
+    session: trio.CancelScope | None = None  # one connect-read-backoff cycle; `pause` cancels it
+    started: bool = False  # reported started to the group supervisor (once streaming)
     streams: set[str] = field(default_factory=set)  # what `conn` is subscribed to
 
 
@@ -176,7 +178,7 @@ class BinanceFeed:
         self.cfg = cfg
         self.router = router
         self.stats = stats
-        self.resume = resume or {}
+        self._resume_from = resume or {}  # not `resume`: that is the operator verb
         self.source = source or StaticSymbols(cfg.symbols)
         self._pairs_file = PairsFileFollower(cfg.pairs_file) if getattr(cfg, "pairs_file", "") else None
         self.symbols: list[str] = []
@@ -194,6 +196,7 @@ class BinanceFeed:
         self._producers: trio.CancelScope | None = None
         self._last_book_emit = 0.0
         self._conn_serial = 0
+        self._paused: trio.Event | None = None  # set by resume(); None while not paused
         self._rl = RateLimitedLog(interval_s=10.0)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -306,6 +309,26 @@ class BinanceFeed:
                 replacing += 1
         return replacing
 
+    def pause(self) -> None:
+        """Operator `pause`: close every connection and stay disconnected until resume(). State is
+        kept and REST work already under way finishes; the ticker keeps beating the heartbeat (a
+        pause is healthy). resume() reconnects, and the catch-up is that of any reconnect: REST
+        backfill of the trades made meanwhile, and books resync from fresh snapshots."""
+        if self._paused is not None:
+            return
+        self._paused = trio.Event()
+        for group in self._groups:
+            for handle in group.handles:
+                if handle.session is not None:
+                    handle.session.cancel()
+        log.info("pausing: closing every connection", extra={"connections": sum(len(g.handles) for g in self._groups)})
+
+    def resume(self) -> None:
+        """Undo pause(): every connection reconnects."""
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.set()
+
     def wedge(self) -> None:
         """Fault drill: the state task stops making progress (the event loop itself stays alive), so
         the feed's heartbeat goes stale and the systemd watchdog pings stop."""
@@ -377,7 +400,7 @@ class BinanceFeed:
             self._add_symbol_state(s)
 
     def _add_symbol_state(self, s: str) -> None:
-        last = self.resume.get(s)
+        last = self._resume_from.get(s)
         tracker = TradeIdTracker() if last is None else TradeIdTracker.resuming_after(last)
         st = _SymbolState(tracker, LocalBook(s) if self.cfg.depth else None)
         if last is not None and self.cfg.backfill:
@@ -601,51 +624,63 @@ class BinanceFeed:
         with trio.CancelScope() as scope:
             handle = _ConnectionHandle(conn_id, scope)
             group.handles.append(handle)
-            started = False
             try:
                 while True:
-                    streams = self._streams(group.symbols)
-                    cstats.streams = len(streams)
-                    url = combined_stream_url(reveal(self.cfg.ws_url), streams)
-                    try:
-                        conn = await connect_ws(url, stats=cstats, max_outgoing_per_s=self.cfg.max_outgoing_per_s)
-                    except ConnectionClosed as exc:  # DNS, TCP, TLS, timeout or a non-101 answer
-                        await self._connect_failed(cstats, backoff, exc)
-                        continue
-                    handle.connected_at = trio.current_time()
-                    handle.conn, handle.streams = conn, set(streams)
-                    log.info("connected", extra={"conn": conn_id, "streams": len(streams)})
-                    if started:
-                        # A reconnect: trades may have been missed. (A first connect is either the
-                        # start, where resume handles the past, or a make-before-break successor.)
-                        await inbox.send(_ConnectionUp(list(group.symbols)))
-                    try:
-                        await self._reconcile(group, handle)  # the symbols may have changed during connect
-                        first: list = []
-                        if not started:
-                            # Report "up" (which lets a predecessor close) only once the venue is
-                            # demonstrably streaming here: right after the handshake the
-                            # subscription may not be live yet, and closing the old connection
-                            # then could lose what is published in between.
-                            with trio.move_on_after(FIRST_DATA_TIMEOUT_S):
-                                first = await conn.receive_batch()
-                            task_status.started(handle)
-                            started = True
-                        await self._read(conn, handle, inbox, backoff, first)
-                    except ConnectionClosed as exc:
-                        self.stats.incr("binance.disconnects")
-                        cstats.last_error = str(exc)
-                        log.warning("connection lost, reconnecting", extra={"conn": conn_id, "reason": str(exc)})
-                    finally:
-                        handle.conn = None
-                        with trio.CancelScope(shield=True):
-                            await conn.aclose()
-                    cstats.state = "backoff"
-                    await trio.sleep(backoff.next_delay())
+                    while self._paused is not None:
+                        cstats.state = "paused"
+                        await self._paused.wait()
+                    with trio.CancelScope() as handle.session:  # pause() cancels it
+                        await self._session(group, handle, inbox, cstats, backoff, task_status)
+                    handle.session = None
             finally:
                 group.handles.remove(handle)
                 cstats.state = "closed"
                 self.stats.forget_connection(conn_id)
+
+    async def _session(self, group: _Group, handle: _ConnectionHandle, inbox: trio.MemorySendChannel, cstats,
+                       backoff: Backoff, task_status) -> None:
+        """One connect, read until the connection ends, and the backoff after it; pause() may cancel
+        it anywhere."""
+        conn_id = handle.conn_id
+        streams = self._streams(group.symbols)
+        cstats.streams = len(streams)
+        url = combined_stream_url(reveal(self.cfg.ws_url), streams)
+        try:
+            conn = await connect_ws(url, stats=cstats, max_outgoing_per_s=self.cfg.max_outgoing_per_s)
+        except ConnectionClosed as exc:  # DNS, TCP, TLS, timeout or a non-101 answer
+            await self._connect_failed(cstats, backoff, exc)
+            return
+        handle.connected_at = trio.current_time()
+        handle.conn, handle.streams = conn, set(streams)
+        log.info("connected", extra={"conn": conn_id, "streams": len(streams)})
+        try:
+            if handle.started:
+                # A reconnect (a pause's resume too): trades may have been missed. (A first connect
+                # is either the start, where resume handles the past, or a make-before-break
+                # successor.) Sent once connected, so the catch-up's grace runs from here.
+                await inbox.send(_ConnectionUp(list(group.symbols)))
+            await self._reconcile(group, handle)  # the symbols may have changed during connect
+            first: list = []
+            if not handle.started:
+                # Report "up" (which lets a predecessor close) only once the venue is
+                # demonstrably streaming here: right after the handshake the
+                # subscription may not be live yet, and closing the old connection
+                # then could lose what is published in between.
+                with trio.move_on_after(FIRST_DATA_TIMEOUT_S):
+                    first = await conn.receive_batch()
+                handle.started = True
+                task_status.started(handle)
+            await self._read(conn, handle, inbox, backoff, first)
+        except ConnectionClosed as exc:
+            self.stats.incr("binance.disconnects")
+            cstats.last_error = str(exc)
+            log.warning("connection lost, reconnecting", extra={"conn": conn_id, "reason": str(exc)})
+        finally:
+            handle.conn = None
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+        cstats.state = "backoff"
+        await trio.sleep(backoff.next_delay())
 
     async def _connect_failed(self, cstats, backoff: Backoff, exc: BaseException) -> None:
         self.stats.incr("binance.connect_errors")
