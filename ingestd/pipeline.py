@@ -705,6 +705,12 @@ class Router(trio.abc.AsyncResource):
             runner._attach_producer()
         self._closed = False
 
+    @property
+    def sinks(self) -> list[Sink]:
+        """The sinks behind this router, in config order: for a feed that keeps reference data in
+        its own store (the Polymarket whales table), never for writing records around the runners."""
+        return [runner.sink for runner in self._runners]
+
     async def send(self, records: list[Record]) -> None:
         """Hand a chunk to every runner. A runner with room takes it at once (a slow or dead sink's
         runner spools instead of making anyone wait); only a runner that has no room at all (no

@@ -747,8 +747,8 @@ class PolymarketFeed:
 def _store_from_router(cfg: Any, router: Router) -> WhaleStore | None:
     """The whales table lives in the SQL store this instance writes to: the sink named by
     `whales_sink`, else the first sqlite or postgres sink of the feed. (A feed is given its sinks
-    only as the router, hence the look at the router's runners.)"""
-    sinks = [runner.sink for runner in getattr(router, "_runners", [])]
+    only as the router.)"""
+    sinks = router.sinks if router is not None else []
     wanted = getattr(cfg, "whales_sink", "")
     for sink in sinks:
         if wanted and sink.name != wanted:
