@@ -359,7 +359,7 @@ class DaemonConfig(Section):
     batch_size: int = option(
         5000, Integer(1, 1_000_000), "most records per sink write; bigger batches amortize transactions"
     )
-    linger_ms: int = option(10, Integer(1, 60_000), "longest a partial batch waits before it is written anyway")
+    linger_ms: int = option(5, Integer(1, 60_000), "longest a partial batch waits before it is written anyway")
     channel_capacity: int = option(
         256, Integer(1, 100_000), "chunks buffered between feeds and sinks; when full, feeds wait (backpressure)"
     )
