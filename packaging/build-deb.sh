@@ -8,7 +8,8 @@
 # The build runs in a copy of the files that go into the package (build/deb/src), so the
 # working tree gets no debian/ingestd/ or debhelper stamps, and dpkg-buildpackage writes
 # nothing outside build/. A build is skipped when DIR already holds a package built from the
-# same files (a SHA-256 over their names and contents, recorded in DIR/ingestd-deb.sha256).
+# same files (a SHA-256 over their names and contents, recorded in DIR/ingestd-deb.sha256),
+# and so is lintian once it passed on that package.
 # pip reads PyPI, through a download cache that outlives the build ($PIP_CACHE_DIR, default
 # ~/.cache/pip).
 set -euo pipefail
@@ -73,7 +74,7 @@ mkdir -p "$out"
 if [ -f "$out/$deb" ] && [ "$(cat "$out/ingestd-deb.sha256" 2>/dev/null)" = "$hash" ]; then
     echo "build-deb: $out/$deb is up to date (sources $hash)"
 else
-    rm -f "$out/ingestd-deb.sha256"
+    rm -f "$out/ingestd-deb.sha256" "$out/ingestd-deb.lintian-clean"
     rm -rf build/deb
     mkdir -p build/deb/src
     list_sources | tar --null -T - -cf - | tar -xf - -C build/deb/src
@@ -92,7 +93,13 @@ else
 fi
 
 if [ $lint -eq 1 ]; then
-    # Warnings and errors fail the build; debian/ingestd.lintian-overrides documents the rest.
-    lintian --fail-on error,warning "$out/$deb"
-    echo "build-deb: lintian clean"
+    if [ "$(cat "$out/ingestd-deb.lintian-clean" 2>/dev/null)" = "$hash" ]; then
+        echo "build-deb: lintian found $out/$deb clean before"
+    else
+        # Warnings and errors fail; debian/ingestd.lintian-overrides documents the rest.
+        rm -f "$out/ingestd-deb.lintian-clean"
+        lintian --fail-on error,warning "$out/$deb"
+        echo "$hash" > "$out/ingestd-deb.lintian-clean"
+        echo "build-deb: lintian clean"
+    fi
 fi
