@@ -12,6 +12,9 @@ want_test=0
 # tmux runs ingestd-console in a real terminal. (The Kafka-protocol broker, Tansu, comes from PyPI
 # with the test extras.)
 TEST_DEBS=(postgresql redis-server tmux)
+# The system test (tests/system) builds the Debian package (dh-virtualenv, checked by lintian)
+# and boots a debootstrapped bookworm under a real systemd to install it.
+TEST_DEBS+=(debootstrap debhelper dh-virtualenv dpkg-dev lintian)
 
 apt_install_missing() {
     local missing=()
