@@ -20,6 +20,20 @@ Replies (daemon -> client):
     {"v":1,"type":"result","ok":false,"error":"permission denied","verb":"flush"}
     {"v":1,"type":"error","error":"malformed JSON: ..."}   (the connection stays open)
 
+Control verbs (root or the admin group only; see ingestd.controls for what they do), and the
+"data" of their results:
+
+    pause      {}                     -> {"state": "paused", "since": ISO-8601, "already": bool}
+    resume     {}                     -> {"state": "running", "paused_for_s": s, "already": bool}
+    reconnect  {}                     -> {"replacing": n}
+    trigger    {}                     -> what the polling feed's poll did, e.g. {"records": n}
+    flush      {"timeout_s": 10}      -> {"records": n, "sinks": {name: {"records": n, "done": bool,
+                                          "state": "live" | "spooling" | "replaying"}}}
+
+A verb that does not apply is ok=false with the reason ("binance does not poll; trigger applies to
+..."). Snapshots from the daemon also carry its run state at the top level: "state" (starting,
+running, paused, draining) and, while paused, "paused_since".
+
 Any request may carry an "id" (string or integer), echoed on its reply, so a client that sends
 control verbs on a subscribed connection can match results among the updates.
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from ingestd.statsock import protocol as p
-from tests.harness import REPO, start_daemon, start_sim, stop_process, stored_trade_ids, wait_for, write_config
+from tests.harness import (REPO, start_daemon, start_sim, start_venue_sim, stop_process, stored_trade_ids, wait_for,
+                           write_config, write_family_config)
 from tests.integration.test_binance_acceptance import assert_books_match_reference, wait_exactly_once
+from tests.integration.test_coingecko_feed import API_KEY, COINS, feed_config, stored_prices
 from tests.integration.test_systemd_notify import NotifyListener
 
 pytestmark = pytest.mark.slow
@@ -250,6 +252,38 @@ def test_every_control_verb_is_refused_to_an_unauthorised_peer(tmp_path, shared_
         assert snap["state"] == "running" and {c["state"] for c in snap["connections"]} == {"up"}
         refusals = [line for line in daemon.log().splitlines() if "control verb refused: permission denied" in line]
         assert len(refusals) == 5 and all("uid=65534" in line for line in refusals), refusals
+        assert stop_process(daemon.proc) == 0
+    finally:
+        sim.stop()
+
+
+# --- trigger on a polling feed ---------------------------------------------------------------------
+
+
+def test_trigger_runs_one_coingecko_poll_now(tmp_path):
+    sim = start_venue_sim(tmp_path, "coingecko", "--seed", "7", "--api-key", API_KEY)
+    try:
+        # Scheduled once a year and no discovery: whatever is stored, the trigger fetched.
+        config = write_family_config(tmp_path, "coingecko",
+                                     feed_config(tmp_path, sim, prices_cron="0 0 1 1 *", discovery=False))
+        daemon = start_daemon(tmp_path, config, instance="coingecko", env={"COINGECKO_API_KEY": API_KEY})
+        sock = tmp_path / "coingecko-stats.sock"
+        wait_for(lambda: sock.exists() or daemon.proc.poll() is not None, 20, what="the stats socket")
+        time.sleep(1)
+        assert stored_prices(daemon.db) == []
+        out = ctl(config, "trigger", "coingecko", "--json")
+        assert out.returncode == 0, out.stderr
+        reply = json.loads(out.stdout)
+        assert reply["ok"] and reply["data"]["records"] == len(COINS)
+        assert ctl(config, "flush", "coingecko").returncode == 0
+        assert {row[0] for row in stored_prices(daemon.db)} == set(COINS)
+
+        assert ctl(config, "pause", "coingecko").returncode == 0
+        out = ctl(config, "trigger", "coingecko")
+        assert out.returncode == 1 and "coingecko is paused; `resume` it first" in out.stderr
+        assert ctl(config, "resume", "coingecko").returncode == 0
+        out = ctl(config, "trigger", "coingecko")
+        assert out.returncode == 0 and out.stdout.startswith("coingecko: trigger done: records=4"), out
         assert stop_process(daemon.proc) == 0
     finally:
         sim.stop()
