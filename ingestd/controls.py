@@ -66,6 +66,7 @@ class InstanceControls:
         self.runners = list(runners)
         self._feed = feed  # the feed exists only once the sinks have given their resume points
         self._feed_classes = feed_classes
+        self._polling: list[str] | None = None  # polling_families(), asked once (it imports every feed)
         self.ready = False  # READY=1 was sent
         self.draining = False  # SIGTERM: the feed stops, the sinks drain
         self.paused_since: float | None = None  # Unix time of the operator's pause
@@ -149,7 +150,9 @@ class InstanceControls:
         feed = self._running_feed("trigger")
         poll = getattr(feed, "trigger", None)
         if not callable(poll):
-            polling = polling_families(self._feed_classes)
+            if self._polling is None:  # in a thread: importing the other families takes a second or two
+                self._polling = await trio.to_thread.run_sync(polling_families, self._feed_classes)
+            polling = self._polling
             where = f"trigger applies to {', '.join(polling)}" if polling else "no feed in this build polls"
             raise ControlRefused(f"{self.family} does not poll; {where}")
         if self.paused_since is not None:
