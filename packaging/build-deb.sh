@@ -27,7 +27,7 @@ done
 
 # Everything the package is built from; tests, benchmarks and the like do not change it.
 PACKAGE_SOURCES=(pyproject.toml README.md ingestd ingestd_console etc/ingestd.toml packaging/systemd
-                 docs/man debian packaging/build-deb.sh)
+                 docs/man debian packaging/build-deb.sh packaging/manpage.py)
 
 BUILD_DEBS=(debhelper dh-virtualenv dpkg-dev python3-venv)
 [ $lint -eq 1 ] && BUILD_DEBS+=(lintian)
