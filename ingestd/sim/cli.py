@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+from ingestd.sim.arguments import non_negative, probability
 from ingestd.sim.config import NON_TRADING_STATUSES, SimConfig
 from ingestd.sim.server import Simulator, serve
 
@@ -52,28 +53,11 @@ def _halted(text: str) -> dict[str, str]:
     return halted
 
 
-def _non_negative(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError("must be >= 0")
-        return value
-
-    return parse
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be within [0, 1]")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     defaults = SimConfig()
-    nonneg_float, nonneg_int = _non_negative(float), _non_negative(int)
+    nonneg_float, nonneg_int = non_negative(float), non_negative(int)
 
     where = parser.add_argument_group("where to listen")
     where.add_argument("--host", default=defaults.host, help="address to bind both servers to (default: %(default)s)")
@@ -103,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     market.add_argument(
         "--depth-ratio",
-        type=_probability,
+        type=probability,
         default=defaults.depth_ratio,
         help="share of events that are order-book changes rather than trades (default: %(default)s)",
     )
@@ -126,13 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument(
         "--drop-rate",
-        type=_probability,
+        type=probability,
         default=0.0,
         help="probability a connection silently skips a data frame (causes trade-id and depth gaps)",
     )
     faults.add_argument(
         "--malformed-rate",
-        type=_probability,
+        type=probability,
         default=0.0,
         help="probability of an extra bad frame (bad JSON, bad price, missing field, ...) before a real one",
     )

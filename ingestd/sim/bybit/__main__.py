@@ -8,6 +8,7 @@ from functools import partial
 
 import trio
 
+from ingestd.sim.arguments import probability, positive, run_simulator
 from ingestd.sim.bybit.server import PATH, SimOptions, serve
 from ingestd.sim.http_server import write_ports_file
 
@@ -27,20 +28,6 @@ control endpoints (REST port):
 """
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("expected a probability from 0 to 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a positive number of seconds")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ingestd.sim.bybit", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dated futures (BTC-26DEC25, ...), which send basis and no funding (default: 0)")
     p.add_argument("--tick-ms", type=int, default=100, help="milliseconds between ticker pushes (default: 100)")
     p.add_argument("--trade-rate", type=float, default=20.0, help="trades per second per contract (default: 20)")
-    p.add_argument("--quiet-rate", type=_rate, default=0.2,
+    p.add_argument("--quiet-rate", type=probability, default=0.2,
                    help="chance a contract publishes nothing in a tick (default: 0.2)")
-    p.add_argument("--repeat-rate", type=_rate, default=0.1,
+    p.add_argument("--repeat-rate", type=probability, default=0.1,
                    help="chance a delta repeats an unchanged derivative field (default: 0.1)")
-    p.add_argument("--funding-interval-s", type=_seconds, default=8 * 3600,
+    p.add_argument("--funding-interval-s", type=positive, default=8 * 3600,
                    help="funding interval; nextFundingTime rolls over at its multiples (default: 28800)")
     limits = p.add_argument_group("venue limits")
     limits.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
@@ -70,15 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-args-per-request", type=int, default=10,
                         help="topics per subscribe request; 0: no limit (default: 10)")
     faults = p.add_argument_group("faults (all off by default; POST /_sim/calm stops them)")
-    faults.add_argument("--drop-every", type=_seconds, metavar="SECONDS", help="cut every WebSocket this often")
-    faults.add_argument("--malformed-rate", type=_rate, default=0.0,
+    faults.add_argument("--drop-every", type=positive, metavar="SECONDS", help="cut every WebSocket this often")
+    faults.add_argument("--malformed-rate", type=probability, default=0.0,
                         help="chance a data frame is replaced by a malformed one (the real one is lost)")
-    faults.add_argument("--resnapshot-every", type=_seconds, metavar="SECONDS",
+    faults.add_argument("--resnapshot-every", type=positive, metavar="SECONDS",
                         help="send every subscriber an unsolicited ticker snapshot this often")
-    faults.add_argument("--http-429-rate", type=_rate, default=0.0, help="REST: HTTP 429 with Retry-After")
+    faults.add_argument("--http-429-rate", type=probability, default=0.0, help="REST: HTTP 429 with Retry-After")
     faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS", help="Retry-After of a 429 (default: 1)")
-    faults.add_argument("--rest-malformed-rate", type=_rate, default=0.0, help="REST: a truncated JSON body")
-    faults.add_argument("--rest-drop-rate", type=_rate, default=0.0, help="REST: close without answering")
+    faults.add_argument("--rest-malformed-rate", type=probability, default=0.0, help="REST: a truncated JSON body")
+    faults.add_argument("--rest-drop-rate", type=probability, default=0.0, help="REST: close without answering")
     p.add_argument("--log-level", default="warning", help="log level (default: warning)")
     return p
 
@@ -105,13 +92,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=args.log_level.upper())
-    try:
-        trio.run(_main, args)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_simulator(_main, build_parser())
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from functools import partial
 
 import trio
 
+from ingestd.sim.arguments import probability, run_simulator
 from ingestd.sim.coingecko.server import COINS, CoinGeckoSim, SimOptions
 from ingestd.sim.http_server import write_ports_file
 
@@ -21,13 +21,6 @@ control endpoints (same port):
   POST /_sim/pause      freeze market data (no new epochs); /_sim/resume carries on
   POST /_sim/drop       cut every open HTTP connection now
 """
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("expected a probability from 0 to 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", choices=("demo", "pro"), default="demo",
                    help="header checked: x-cg-demo-api-key or x-cg-pro-api-key")
     faults = p.add_argument_group("faults (probability per request, all off by default)")
-    faults.add_argument("--rate-limit-rate", type=_rate, default=0.0, help="HTTP 429 with Retry-After")
+    faults.add_argument("--rate-limit-rate", type=probability, default=0.0, help="HTTP 429 with Retry-After")
     faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS", help="Retry-After of a 429 (default: 1)")
-    faults.add_argument("--error-rate", type=_rate, default=0.0, help="HTTP 503")
-    faults.add_argument("--malformed-rate", type=_rate, default=0.0, help="a truncated JSON body with HTTP 200")
-    faults.add_argument("--drop-rate", type=_rate, default=0.0, help="close the connection without answering")
+    faults.add_argument("--error-rate", type=probability, default=0.0, help="HTTP 503")
+    faults.add_argument("--malformed-rate", type=probability, default=0.0, help="a truncated JSON body with HTTP 200")
+    faults.add_argument("--drop-rate", type=probability, default=0.0, help="close the connection without answering")
     p.add_argument("--log-level", default="warning", help="log level (default: warning)")
     return p
 
@@ -69,13 +62,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=args.log_level.upper())
-    try:
-        trio.run(_main, args)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_simulator(_main, build_parser())
 
 
 if __name__ == "__main__":

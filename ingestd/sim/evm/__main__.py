@@ -9,6 +9,7 @@ from functools import partial
 
 import trio
 
+from ingestd.sim.arguments import probability, positive, run_simulator
 from ingestd.sim.evm.chain import KNOWN_WALLETS, TOKENS
 from ingestd.sim.evm.server import LIMIT_STYLES, EvmSim, SimOptions
 from ingestd.sim.http_server import write_ports_file
@@ -27,20 +28,6 @@ control endpoints (on control_url, a port of their own):
 """
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("expected a probability from 0 to 1")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a positive number")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ingestd.sim.evm", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", type=int, default=1, help="eth_chainId (default: 1)")
     p.add_argument("--first-block", type=int, default=19_000_000, help="number of the first block (default: 19000000)")
     p.add_argument("--initial-blocks", type=int, default=20, help="blocks that exist at start (default: 20)")
-    p.add_argument("--block-interval", type=_positive, default=1.0, metavar="SECONDS",
+    p.add_argument("--block-interval", type=positive, default=1.0, metavar="SECONDS",
                    help="wall-clock seconds per new block (default: 1.0; mainnet: 12)")
     p.add_argument("--tokens", type=int, default=3, choices=range(1, len(TOKENS) + 1),
                    help=f"how many of {', '.join(t.symbol for t in TOKENS)} move (default: 3)")
@@ -72,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="infura: -32005 with a block range that fits; alchemy: -32602 'Log response size "
                              "exceeded' without one; both: alternate (default: infura)")
     faults = p.add_argument_group("faults (probability per request, all off by default)")
-    faults.add_argument("--error-rate", type=_rate, default=0.0, help='JSON-RPC error -32000 "header not found"')
-    faults.add_argument("--rate-limit-rate", type=_rate, default=0.0,
+    faults.add_argument("--error-rate", type=probability, default=0.0, help='JSON-RPC error -32000 "header not found"')
+    faults.add_argument("--rate-limit-rate", type=probability, default=0.0,
                         help="HTTP 429 with Retry-After, or HTTP 200 with Infura's -32005 rate-limit error")
     faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS", help="Retry-After of a 429 (default: 1)")
-    faults.add_argument("--malformed-rate", type=_rate, default=0.0,
+    faults.add_argument("--malformed-rate", type=probability, default=0.0,
                         help="a truncated body, an HTML 502 page, a wrong id, no result, or a log with a bad field")
-    faults.add_argument("--drop-rate", type=_rate, default=0.0, help="close the connection without answering")
-    faults.add_argument("--removed-rate", type=_rate, default=0.0,
+    faults.add_argument("--drop-rate", type=probability, default=0.0, help="close the connection without answering")
+    faults.add_argument("--removed-rate", type=probability, default=0.0,
                         help="eth_getLogs also returns abandoned blocks' logs in its range with removed: true")
     p.add_argument("--log-level", default="warning", help="log level (default: warning)")
     return p
@@ -116,16 +103,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=args.log_level.upper())
-    try:
-        trio.run(_main, args)
-    except KeyboardInterrupt:
-        return 130
-    except ValueError as exc:
-        print(f"python -m ingestd.sim.evm: {exc}")
-        return 2
-    return 0
+    return run_simulator(_main, build_parser())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from ingestd.sim.arguments import non_negative, probability
 from ingestd.sim.polymarket.server import PolySimConfig, serve
 
 log = logging.getLogger("ingestd.sim.polymarket")
@@ -37,23 +38,6 @@ example: a hostile venue
 """
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be within [0, 1]")
-    return value
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError("must be >= 0")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = PolySimConfig()
     p = argparse.ArgumentParser(prog="python -m ingestd.sim.polymarket", epilog=EPILOG,
@@ -62,28 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ports-file", type=Path, metavar="PATH",
                    help='once bound, write {"ws_url", "data_api_url", "clob_url", "control_url", "pid"} here as JSON')
     p.add_argument("--host", default=d.host, help="address to bind (default: %(default)s)")
-    p.add_argument("--ws-port", type=_non_negative(int), default=0, help="WebSocket port; 0 picks a free one")
-    p.add_argument("--http-port", type=_non_negative(int), default=0, help="HTTP port; 0 picks a free one")
+    p.add_argument("--ws-port", type=non_negative(int), default=0, help="WebSocket port; 0 picks a free one")
+    p.add_argument("--http-port", type=non_negative(int), default=0, help="HTTP port; 0 picks a free one")
     m = p.add_argument_group("market")
     m.add_argument("--seed", type=int, default=d.seed, help="the same seed makes the same markets, whales, trades")
-    m.add_argument("--markets", type=_non_negative(int), default=d.markets, help="binary markets (2 tokens each)")
-    m.add_argument("--whales", type=_non_negative(int), default=d.whales, help="whale wallets")
-    m.add_argument("--whale-share", type=_probability, default=d.whale_share, help="share of trades whales take")
-    m.add_argument("--rate", type=_non_negative(float), default=d.rate, help="events per second over all markets")
-    m.add_argument("--trade-ratio", type=_probability, default=d.trade_ratio, help="share of events that are trades")
+    m.add_argument("--markets", type=non_negative(int), default=d.markets, help="binary markets (2 tokens each)")
+    m.add_argument("--whales", type=non_negative(int), default=d.whales, help="whale wallets")
+    m.add_argument("--whale-share", type=probability, default=d.whale_share, help="share of trades whales take")
+    m.add_argument("--rate", type=non_negative(float), default=d.rate, help="events per second over all markets")
+    m.add_argument("--trade-ratio", type=probability, default=d.trade_ratio, help="share of events that are trades")
     f = p.add_argument_group("faults (off by default; POST /_sim/calm stops them)")
     f.add_argument("--drop-every", type=float, metavar="SECONDS", help="cut every WebSocket connection this often")
-    f.add_argument("--malformed-rate", type=_probability, default=0.0, help="share of events preceded by a bad frame")
+    f.add_argument("--malformed-rate", type=probability, default=0.0, help="share of events preceded by a bad frame")
     f.add_argument("--book-dump", choices=("array", "objects"), default=d.book_dump,
                    help="the books answering a subscribe: one JSON array (as the venue does), or a frame each")
-    f.add_argument("--ping-timeout", type=_non_negative(float), default=0.0, metavar="SECONDS",
+    f.add_argument("--ping-timeout", type=non_negative(float), default=0.0, metavar="SECONDS",
                    help="cut clients that send no PING this long (0: never)")
     f.add_argument("--data-limit", type=int, default=d.data_limit, help="Data API requests per window before 429")
     f.add_argument("--data-window", type=float, default=d.data_window_s, metavar="SECONDS", help="its window")
-    f.add_argument("--data-429-rate", type=_probability, default=0.0, help="share of Data API requests refused (429)")
-    f.add_argument("--data-malformed-rate", type=_probability, default=0.0,
+    f.add_argument("--data-429-rate", type=probability, default=0.0, help="share of Data API requests refused (429)")
+    f.add_argument("--data-malformed-rate", type=probability, default=0.0,
                    help="share of Data API answers with a malformed body")
-    f.add_argument("--data-lag-ms", type=_non_negative(int), default=0, help="a trade appears in the Data API this late")
+    f.add_argument("--data-lag-ms", type=non_negative(int), default=0, help="a trade appears in the Data API this late")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="exit after this long")
     p.add_argument("--log-level", default="INFO")
     return p

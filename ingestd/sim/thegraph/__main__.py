@@ -8,6 +8,7 @@ from functools import partial
 
 import trio
 
+from ingestd.sim.arguments import probability, run_simulator
 from ingestd.sim.http_server import write_ports_file
 from ingestd.sim.thegraph.server import DEFAULT_SUBGRAPH_ID, GraphSim, SimOptions
 
@@ -20,13 +21,6 @@ control endpoints (same port):
   POST /_sim/pause    freeze the block number; /_sim/resume carries on from it
   POST /_sim/drop     cut every open HTTP connection now
 """
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("expected a probability from 0 to 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default="", help="require this key in the path /api/<key>/... (default: any or none)")
     p.add_argument("--subgraph-id", default=DEFAULT_SUBGRAPH_ID, help="the subgraph id served")
     faults = p.add_argument_group("faults (probability per request, all off by default)")
-    faults.add_argument("--error-rate", type=_rate, default=0.0, help="GraphQL `errors` with HTTP 200")
-    faults.add_argument("--rate-limit-rate", type=_rate, default=0.0, help="HTTP 429 with Retry-After")
+    faults.add_argument("--error-rate", type=probability, default=0.0, help="GraphQL `errors` with HTTP 200")
+    faults.add_argument("--rate-limit-rate", type=probability, default=0.0, help="HTTP 429 with Retry-After")
     faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS", help="Retry-After of a 429 (default: 1)")
-    faults.add_argument("--malformed-rate", type=_rate, default=0.0, help="a truncated JSON body with HTTP 200")
-    faults.add_argument("--drop-rate", type=_rate, default=0.0, help="close the connection without answering")
+    faults.add_argument("--malformed-rate", type=probability, default=0.0, help="a truncated JSON body with HTTP 200")
+    faults.add_argument("--drop-rate", type=probability, default=0.0, help="close the connection without answering")
     p.add_argument("--log-level", default="warning", help="log level (default: warning)")
     return p
 
@@ -67,13 +61,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=args.log_level.upper())
-    try:
-        trio.run(_main, args)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_simulator(_main, build_parser())
 
 
 if __name__ == "__main__":
