@@ -27,21 +27,40 @@ fields under their model names, times as ISO 8601 like `ts` (`ts`, `recv_ts`, `n
 exact decimal strings, book levels as JSON, and an absent (None) value as "". Streams are trimmed
 with `MAXLEN ~ stream_maxlen` like the rest.
 
-Entry ids come from the record's own time, so a consumer can XRANGE by exchange/block/poll time,
-and Redis itself refuses a replay: `<ms>-<µs * 1,000,000 + n>`, where ms and µs are the record's
-`ts_us` and n counts records of the same stream at the same microsecond (0 for derivatives, DEX
-metrics and prices, whose natural key is their time; transfers of one block, or two books of one
-timestamp, get 0, 1, 2, ...). SLOT_SCRIPT appends a record when its time is above the stream's last
-entry; otherwise it looks the record up among that microsecond's entries by its key fields
-(block_hash + log_index, book_hash, tx_hash, trade_id + token_id): found is a duplicate (skipped,
-counted), not found is a record that arrived after a later one of its stream. Redis cannot insert
-it in the middle, so it is refused, logged as a warning and counted in `sink.<name>.late_refused`
-(and records_refused). The feeds produce each scope in time order (a ticker, a pool poll, blocks in
-order, a book channel, one whale's trades), which is why a stream holds one scope: a template without
-one of its placeholders would interleave two sequences and is refused by the config. Backfilled
-history older than a stream's last entry is therefore refused by this sink (the SQL sinks keep it).
-Deleting a stream resets its ids, so a replay after that is stored again. Times must be in
-(0, 2**53) µs; a record that cannot be encoded (lone surrogates, a time the C library cannot
+Entry ids come from the record's own time, so a consumer can XRANGE by exchange/block/poll time:
+`<ms>-<µs * 1,000,000 + n>`, where ms and µs are the record's `ts_us` and n counts records of the same
+stream at the same microsecond (0 for derivatives, DEX metrics and prices, whose natural key is their
+time; transfers of one block, or two books of one timestamp, get 0, 1, 2, ...). The feeds produce each
+scope in time order (a ticker, a pool poll, blocks in order, a book channel, one whale's trades), which
+is why a stream holds one scope: a template without one of its placeholders would interleave two
+sequences and is refused by the config. SLOT_SCRIPT appends a record with that id when its time is
+above the stream's last entry. Otherwise it looks the record up by its identity, its `ts` and key
+fields (block_hash + log_index, book_hash, tx_hash, trade_id + token_id; the time alone for
+derivatives, DEX metrics and prices), among that microsecond's entries and in the stream's late set
+`ingestd:late:<stream>` (a sorted set of identities scored by record time): found is a duplicate
+(skipped, counted). Not found, it is stored once: in its microsecond if that is the top's, else it is
+a late record, one that arrived after a later one of its stream (Polymarket's REST backfill filling a
+gap after later live trades were stored, a whale trade detected late, prices backfilled behind live
+ones). Redis cannot insert it in the middle, so it gets the next id above the stream's top (in the
+top's microsecond, n + 1) and its identity goes into the late set; counted in
+`sink.<name>.late_added`. Such an entry's id is in arrival order, not its time's: its own `ts` field
+carries the record time, and an XRANGE by time finds it beside the records that were latest when it
+arrived. (Not `*`, the server's clock: that would lift the top above the live records still to come,
+sending them down this path too, and for records timed in the past, a backfill's, for good.) A
+derivative, DEX metric or price at the time of an entry is a duplicate; one between entries is late.
+
+Trimming is the one limit. Once `MAXLEN ~` (or an XDEL) has removed entries, a record no later than
+one that may have been removed (below the first entry left) cannot be told apart from a record stored
+and trimmed away; if it is not found it is refused, never stored twice: logged as a warning and
+counted in `sink.<name>.late_refused` (and records_refused). Redis before 7.0 cannot tell whether
+anything was removed (XINFO has no entries-added), so there a late record older than the stream's
+first entry is refused even if nothing was trimmed. The same trim drops the late set's members that
+old, so every member left belongs to an entry still in the stream: the late set is never longer than
+its stream (~200 bytes a member for prediction trades). A late record costs an XRANGE of its
+microsecond, a ZSCORE and a ZADD besides its XADD: ~22k-34k/s against ~41k-54k/s in order (20,000
+prediction trades in batches of 1,000, on the 2 shared cores below). Deleting a stream resets its ids,
+and the next write to it deletes its late set, so a replay after that is stored again. Times must be
+in (0, 2**53) µs; a record that cannot be encoded (lone surrogates, a time the C library cannot
 convert) is refused alone with a logged reason.
 
 Idempotency, and why not explicit entry ids
@@ -92,11 +111,13 @@ Limits, honestly:
 - Trade and update ids must be integers in [0, 2**53) (Lua numbers are doubles); others are refused
   with a logged reason. So are records whose strings cannot be UTF-8 encoded (lone surrogates).
 - The dedup keys are Redis keys: if they are deleted, or evicted (a `maxmemory-policy allkeys-*`
-  server; logged as a warning at open), an old trade replayed afterwards is stored again. Deleting
-  the trade streams themselves (the runbook's "Clear Streams") is fine: the floors stay.
+  server; logged as a warning at open), an old trade replayed afterwards is stored again, and so is a
+  late record of the other kinds (its late set gone). Deleting the trade streams themselves (the
+  runbook's "Clear Streams") is fine: the floors stay.
 - Book tops are de-duplicated by "above the last stored update id": an older snapshot arriving after
   a newer one is skipped as stale.
-- Redis Cluster is not supported (a call's keys are not in one hash slot).
+- Redis Cluster is not supported (a call's keys, a stream and its late set or floors, are not in one
+  hash slot).
 - raw_json holds the normalized record as JSON (the model carries no venue bytes).
 
 Durability is the server's: a write is acknowledged once Redis has applied it; with the usual
@@ -175,6 +196,11 @@ def floors_key(stream: str) -> str:
 
 def above_key(stream: str, venue: str, symbol: str) -> str:
     return f"{KEY_PREFIX}above:{stream}:{venue}:{symbol}"
+
+
+def late_key(stream: str) -> str:
+    """The sorted set of the records stored late in one of the other kinds' streams."""
+    return f"{KEY_PREFIX}late:{stream}"
 
 
 # --- the script ----------------------------------------------------------------------------------
@@ -299,35 +325,79 @@ return {added, duplicates, overflow, show(start_floor), show(floor)}
 
 # --- the script for the other kinds: explicit entry ids from the record's time --------------------
 # Entry id <ms>-<us * 1e6 + n>: ms and us (0-999) are the record's time, n counts records of one
-# stream at one microsecond (0 for kinds with one record per time). Each id is above the stream's
-# last-generated id, so Redis itself refuses anything at or below it, and a record that is not above
-# the top is looked up in its microsecond's entries ("slot") by its key fields: a duplicate if found,
-# else too late to append (refused, reported back by position).
-# KEYS: stream. ARGV: maxlen (0 = no trim), msgpack data:
-#   [nconst, nvar, nkey, const name/value pairs..., var names..., key var positions (1-based)...,
+# stream at one microsecond (0 for kinds with one record per time). A record above the stream's
+# last-generated id takes that id (the fast path). Any other is looked up by its identity (its `ts`
+# and key fields) in its microsecond's entries ("slot") and in the stream's late set: found is a
+# duplicate. Not found, it is stored: in its own slot if that is the top's and has room, else "late",
+# with the next id above the top and its identity added to the late set (scored by its time), unless
+# it is no later than a removed (trimmed, XDELed) entry could be: then it is refused, reported back
+# by position, as it cannot be told from a record that was stored and trimmed away.
+# KEYS: stream, late set. ARGV: maxlen (0 = no trim), msgpack data:
+#   [nconst, nvar, nkey, const name/value pairs..., var names..., identity var positions (1-based)...,
 #    then per record: ms, us, var values...], records ascending by (ms, us)
-# Returns {added, duplicates, late, positions of the late records (0-based)...}.
+# Returns {added, duplicates, added late, refused, positions of the refused records (0-based)...}.
 SLOT_SCRIPT = r"""
-local stream = KEYS[1]
+local stream, late = KEYS[1], KEYS[2]
 local maxlen = tonumber(ARGV[1])
 local data = cmsgpack.unpack(ARGV[2])
 local fmt = string.format
 local SLOT = 1000000
+local EXACT = 9007199254740992  -- 2^53: integers up to here are exact Lua numbers
 
--- The stream's last-generated id (above every id it ever held, trimmed or deleted ones included).
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- Every key is read before the first write: a wrong type fails the call before it changes anything.
+-- The stream's last-generated id (above every id it ever held, trimmed or deleted ones included), and
+-- what tells whether entries were ever removed from it.
 local top_ms, top_seq = -1, 0
+local length, entries_added, max_deleted, first_id = 0, nil, nil, nil
 local kind = redis.call('TYPE', stream)['ok']
 if kind == 'stream' then
   local info = redis.call('XINFO', 'STREAM', stream)
   for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local ms, seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
-      top_ms, top_seq = tonumber(ms), tonumber(seq)
+    local name, value = info[i], info[i + 1]
+    if name == 'last-generated-id' then top_ms, top_seq = parse_id(value)
+    elseif name == 'length' then length = value
+    elseif name == 'entries-added' then entries_added = value  -- Redis >= 7.0
+    elseif name == 'max-deleted-entry-id' then max_deleted = value  -- Redis >= 7.0
+    elseif name == 'first-entry' and value then first_id = value[1]
     end
   end
 elseif kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. stream .. ' holds a ' .. kind .. ', not a stream')
 end
+local late_type = redis.call('TYPE', late)['ok']
+if late_type ~= 'zset' and late_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. late .. ' holds a ' .. late_type .. ', not a sorted set')
+end
+local late_card = 0
+if late_type == 'zset' then late_card = redis.call('ZCARD', late) end
+
+-- The latest record time (us) that an entry removed from the stream may have had: each entry's id is
+-- at or above its record's time, and XTRIM removes the ids below the first one left, XDEL up to
+-- max-deleted-entry-id. Ids of one microsecond are us * SLOT + n, so unless the first entry left is
+-- the first of its microsecond (n = 0), others of that microsecond may be gone.
+local function removed_up_to(first)
+  local h
+  if first == nil then
+    h = top_ms * 1000 + math.floor(top_seq / SLOT)
+  else
+    local ms, seq = parse_id(first)
+    h = ms * 1000 + math.floor(seq / SLOT)
+    if seq % SLOT == 0 then h = h - 1 end
+  end
+  if max_deleted ~= nil then
+    local ms, seq = parse_id(max_deleted)
+    if ms > 0 or seq > 0 then h = math.max(h, ms * 1000 + math.floor(seq / SLOT)) end
+  end
+  return h
+end
+-- nil when nothing was ever removed (Redis < 7.0 cannot tell: then the first entry bounds it).
+local horizon = nil
+if kind == 'stream' and (entries_added == nil or entries_added > length) then horizon = removed_up_to(first_id) end
 
 local nconst, nvar, nkey = data[1], data[2], data[3]
 local args = {'XADD', stream, ''}
@@ -345,8 +415,8 @@ for k = 1, nkey do
   key_of_name[data[names_at + keypos[k]]] = k
 end
 
--- A record's identity within its microsecond: its key fields, length-prefixed so no two differ only
--- in where one value ends.
+-- A record's identity: its identity fields (ts first, then its key fields), length-prefixed so no two
+-- differ only in where one value ends. It is also the record's member in the late set.
 local function record_key(v)
   local parts = {}
   for k = 1, nkey do local s = data[v + keypos[k] - 1]; parts[k] = #s .. ':' .. s end
@@ -373,39 +443,69 @@ local function load_slot(ms, us)
   end
 end
 
-local added, duplicates, late = 0, 0, {}
+-- A deleted stream takes its late set with it (its ids start again; a replay is stored again).
+if kind == 'none' and late_card > 0 then redis.call('DEL', late); late_card = 0 end
+
+local added, duplicates, late_added, refused = 0, 0, 0, {}
 local n = 0
 for i = names_at + nvar + nkey + 1, #data, nvar + 2 do
   local ms, us, v = data[i], data[i + 1], i + 2
   local top_us = math.floor(top_seq / SLOT)
-  local seq = nil
+  local id, remember = nil, nil
   if ms > top_ms or (ms == top_ms and us > top_us) then
-    seq = us * SLOT
+    id = fmt('%.0f-%.0f', ms, us * SLOT)
+    top_ms, top_seq = ms, us * SLOT
     slot_ms, slot_us, slot_keys = ms, us, {}
+    slot_keys[record_key(v)] = true
   else
     load_slot(ms, us)
-    if slot_keys[record_key(v)] then
+    local key = record_key(v)
+    if slot_keys[key] or (late_card > 0 and redis.call('ZSCORE', late, key)) then
       duplicates = duplicates + 1
+    elseif horizon ~= nil and ms * 1000 + us <= horizon then
+      refused[#refused + 1] = n
     elseif ms == top_ms and us == top_us and top_seq + 1 < (us + 1) * SLOT then
-      seq = top_seq + 1
+      top_seq = top_seq + 1
+      id = fmt('%.0f-%.0f', ms, top_seq)
+      slot_keys[key] = true
     else
-      late[#late + 1] = n
+      -- Late: the next id above the top (not the server clock's `*`, which would lift the top past
+      -- the records still to come), and remembered by identity.
+      if top_ms < EXACT and top_seq + 1 < EXACT then
+        top_seq = top_seq + 1
+        id = fmt('%.0f-%.0f', top_ms, top_seq)
+      else
+        id = '*'  -- a top set by something else, beyond exact numbers: Redis picks the next id
+      end
+      remember = key
     end
   end
-  if seq ~= nil then
-    args[3] = fmt('%.0f-%.0f', ms, seq)
+  if id ~= nil then
+    args[3] = id
     for k = 1, nvar do args[slots[k]] = data[v + k - 1] end
-    redis.call(unpack(args))
-    slot_keys[record_key(v)] = true
-    top_ms, top_seq = ms, seq
+    local got = redis.call(unpack(args))
+    if id == '*' then top_ms, top_seq = parse_id(got) end
     added = added + 1
+    if remember ~= nil then
+      redis.call('ZADD', late, fmt('%.0f', ms * 1000 + us), remember)
+      late_card = late_card + 1
+      late_added = late_added + 1
+    end
   end
   n = n + 1
 end
 
-if added > 0 and maxlen > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
-local out = {added, duplicates, #late}
-for k = 1, #late do out[3 + k] = late[k] end
+-- Trimming bounds the late set: members no later than an entry removed can go, such records are
+-- refused anyway. Every member left belongs to an entry still in the stream.
+if added > 0 and maxlen > 0 then
+  local trimmed = redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  if trimmed > 0 and late_card > 0 then
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    redis.call('ZREMRANGEBYSCORE', late, '-inf', fmt('%.0f', removed_up_to(first and first[1])))
+  end
+end
+local out = {added, duplicates, late_added, #refused}
+for k = 1, #refused do out[4 + k] = refused[k] end
 return out
 """
 
@@ -542,7 +642,7 @@ class EntryKind:
     exactly one scope, so its entry ids (from `ts_us`) form one sequence. `const` are the scope's
     fields as they appear in every entry (name, placeholder); `encode` gives a record's other field
     values, in the order of `fields`; `key` are the fields that tell two records of one microsecond
-    apart (none: one record per microsecond).
+    apart (none: one record per microsecond). A record's identity is its `ts` and its key fields.
     """
 
     kind: str
@@ -552,6 +652,11 @@ class EntryKind:
     fields: tuple[str, ...]
     key: tuple[str, ...]
     encode: Callable[[Any, IsoTime], tuple]
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """The fields that identify a record: its time, then its key (what SLOT_SCRIPT compares)."""
+        return ("ts", *self.key)
 
     def scope_of(self, record: Any) -> tuple[str, ...]:
         return tuple(get(record) for _, get in self.scope)
@@ -774,6 +879,7 @@ class RedisStreamsSink(Sink):
         self._refused = f"sink.{name}.records_refused"
         self._overflows = f"sink.{name}.dedup_window_overflows"
         self._late = f"sink.{name}.late_refused"
+        self._late_added = f"sink.{name}.late_added"
         self._client: Any = None
         self._shas: dict[str, str] = {}  # script source -> its SHA1 as loaded into the server
         self._lock = threading.Lock()
@@ -874,7 +980,7 @@ class RedisStreamsSink(Sink):
                     results = self._execute(client, [*calls, *entry_calls])
                 except redis.RedisError as exc:
                     raise SinkError(f"{self.name}: write of {len(batch)} records to {self.where} failed: {exc}") from exc
-        added = duplicates = overflows = late = 0
+        added = duplicates = overflows = late = late_added = 0
         for call, (n_added, n_dups, overflow, floor_before, floor_after) in zip(calls, results):
             added += n_added
             duplicates += n_dups
@@ -889,9 +995,10 @@ class RedisStreamsSink(Sink):
         for call, reply in zip(entry_calls, results[len(calls):]):
             added += reply[0]
             duplicates += reply[1]
-            if reply[2]:
-                late += reply[2]
-                self._log_late(call, [call.records[int(i)] for i in reply[3:]])
+            late_added += reply[2]
+            if reply[3]:
+                late += reply[3]
+                self._log_late(call, [call.records[int(i)] for i in reply[4:]])
         stats = self._stats
         if stats is not None:
             stats.incr(self._rows_written, added)
@@ -901,14 +1008,16 @@ class RedisStreamsSink(Sink):
                 stats.incr(self._refused, refused + late)
             if late:
                 stats.incr(self._late, late)
+            if late_added:
+                stats.incr(self._late_added, late_added)
             if overflows:
                 stats.incr(self._overflows, overflows)
 
     def _log_late(self, call: _EntryCall, records: list) -> None:
         first = records[0]
         logger.warning(
-            "sink %s: refused %d %ss for stream %s: not stored there, and older than its last entry (a stream only"
-            " grows at its end; entry ids come from the records' times); the first at %s",
+            "sink %s: refused %d %ss for stream %s: not found there, and no later than entries trimmed or deleted"
+            " from it, so they cannot be told apart from records stored before and removed; the first at %s",
             self.name, len(records), call.kind.kind, _printable(call.stream), self._iso(first.ts_us),
         )
 
@@ -958,7 +1067,7 @@ class RedisStreamsSink(Sink):
             kind = ENTRY_KINDS[kind_name]
             try:
                 stream = kind.stream_for(self.templates[kind_name], scope)
-                stream_bytes = stream.encode()
+                keys = (stream.encode(), late_key(stream).encode())
                 const = [v for (field, placeholder) in kind.const for v in (field, scope[self._scope_index(kind, placeholder)])]
                 _encode_msgpack(const)
             except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
@@ -975,14 +1084,14 @@ class RedisStreamsSink(Sink):
                     refused += 1
                     self._refuse_other(kind, record, f"time {ts!r} µs is not in (0, 2**53)")
             good.sort(key=_ts_of)
-            head = [len(kind.const), len(kind.fields), len(kind.key), *const, *kind.fields,
-                    *(kind.fields.index(name) + 1 for name in kind.key)]
+            head = [len(kind.const), len(kind.fields), len(kind.identity), *const, *kind.fields,
+                    *(kind.fields.index(name) + 1 for name in kind.identity)]
             for k in range(0, len(good), MAX_RECORDS_PER_CALL):
                 chunk = good[k : k + MAX_RECORDS_PER_CALL]
                 packed, chunk, bad = self._pack_entries(kind, head, chunk)
                 refused += bad
                 if chunk:
-                    calls.append(_EntryCall(kind, stream, (stream_bytes,), (self.maxlen, packed), chunk))
+                    calls.append(_EntryCall(kind, stream, keys, (self.maxlen, packed), chunk))
         return calls, refused
 
     @staticmethod

@@ -1,5 +1,6 @@
 """RedisStreamsSink with every record kind beyond trades and book tops, against a real redis-server:
-streams and fields, exact round trips, entry ids from the records' times, replays, crafted values."""
+streams and fields, exact round trips, entry ids from the records' times, replays, late records
+(stored once, after the top), crafted values."""
 
 from __future__ import annotations
 
@@ -242,16 +243,6 @@ def test_a_replay_is_refused_even_after_the_stream_was_trimmed(make_sink, r, sta
     assert counters(stats)["rows_written"] == 2000
 
 
-def test_a_record_older_than_its_stream_top_is_refused_and_logged(sink, r, stats, caplog):
-    sink.write([samples.derivative(10)])
-    with caplog.at_level(logging.WARNING, logger="ingestd.sinks.redis"):
-        sink.write([samples.derivative(5), samples.derivative(11)])
-    assert read_back(r, "derivative") == [samples.derivative(10), samples.derivative(11)]
-    assert "refused 1 derivatives for stream 'derivatives:bybit:BTCUSDT'" in caplog.text
-    c = counters(stats)
-    assert c["late_refused"] == 1 and c["records_refused"] == 1
-
-
 def test_mixed_batches_with_trades_and_checkpoints(sink, r):
     trades = [Trade("binance", "BTCUSDT", i, 1.0, 2.0, "buy", samples.T0 + i, samples.T0) for i in range(1, 4)]
     batch = [*trades, samples.price(0), Checkpoint("binance", "BTCUSDT", 3), samples.derivative(0)]
@@ -259,6 +250,141 @@ def test_mixed_batches_with_trades_and_checkpoints(sink, r):
     sink.write(batch)
     assert r.xlen("trades:BTCUSDT") == 3 and r.xlen(STREAM_OF["price"]) == 1 and r.xlen(STREAM_OF["derivative"]) == 1
     assert sink.resume_points("binance") == {"BTCUSDT": 3}
+
+
+# --- late records: stored once, with ids above the top -------------------------------------------
+
+
+def late_set(kind: str) -> str:
+    return "ingestd:late:" + STREAM_OF[kind]
+
+
+def time_id(ts_us: int) -> tuple[int, int]:
+    """The entry id a record at this time takes when it is above its stream's top."""
+    return ts_us // 1000, ts_us % 1000 * SLOT
+
+
+def identities(r, key: str) -> list[tuple]:
+    """(ts, every other field) of each entry: what must not appear twice."""
+    return [tuple(sorted(fields.items())) for _, fields in r.xrange(key)]
+
+
+@pytest.mark.parametrize("kind, make", [("prediction_trade", samples.prediction_trade),
+                                        ("whale_trade", samples.whale_trade)])
+def test_a_late_record_is_stored_once_and_a_replay_adds_nothing(sink, r, stats, kind, make):
+    """Polymarket's REST backfill fills a gap after later live trades were stored; a whale trade is
+    detected after a later one."""
+    key = STREAM_OF[kind]
+    live = [make(i) for i in range(10, 20)]
+    sink.write(live)
+    backfill = [make(i) for i in range(0, 15)]  # 0-9 are new and older than the top, 10-14 stored already
+    sink.write(backfill)
+    assert sorted(read_back(r, kind), key=lambda x: x.ts_us) == [make(i) for i in range(20)]
+    # In-order records keep ids from their times; the late ones follow the top in arrival order, and
+    # their own `ts` carries their time.
+    ms, sub = divmod(samples.T0 + 19, 1000)
+    assert entry_ids(r, key) == [time_id(samples.T0 + i) for i in range(10, 20)] + [(ms, sub * SLOT + n)
+                                                                                    for n in range(1, 11)]
+    assert read_back(r, kind)[10:] == [make(i) for i in range(10)]
+    c = counters(stats)
+    assert c["rows_written"] == 20 and c["late_added"] == 10 and c["duplicates_skipped"] == 5
+    assert "late_refused" not in c and "records_refused" not in c
+
+    before = r.xrange(key)
+    sink.write(backfill)  # the retried batch
+    sink.write(list(reversed(live + backfill)))
+    sink.write([make(3)])  # a late record alone
+    assert r.xrange(key) == before
+    c = counters(stats)
+    assert c["rows_written"] == 20 and c["late_added"] == 10 and c["duplicates_skipped"] == 5 + 15 + 25 + 1
+    assert r.zcard(late_set(kind)) == 10
+
+    sink.write([make(20)])  # the next live record: back on the fast path, id from its time
+    assert entry_ids(r, key)[-1] == time_id(samples.T0 + 20)
+
+
+def test_a_late_derivative_at_an_entrys_time_is_a_duplicate_between_entries_it_is_new(sink, r, stats):
+    """Derivatives, DEX metrics and prices: one record per time, so the time is the key."""
+    sink.write([samples.derivative(10), samples.derivative(20)])
+    other_values = Derivative("bybit", "BTCUSDT", samples.T0 + 10, samples.T0 + 99, funding_rate=0.5)
+    sink.write([samples.derivative(10), other_values, samples.derivative(15), samples.derivative(5)])
+    stored = read_back(r, "derivative")
+    assert stored == [samples.derivative(10), samples.derivative(20), samples.derivative(5), samples.derivative(15)]
+    sink.write([samples.derivative(15), samples.derivative(5), samples.derivative(10)])
+    sink.write([Derivative("bybit", "BTCUSDT", samples.T0 + 15, samples.T0, funding_rate=0.7)])  # late, same time
+    assert read_back(r, "derivative") == stored
+    c = counters(stats)
+    assert c["rows_written"] == 4 and c["late_added"] == 2 and c["duplicates_skipped"] == 2 + 3 + 1
+
+
+def test_a_late_record_parked_in_the_tops_microsecond_does_not_hide_a_record_of_that_time(sink, r):
+    """A late entry's id is in the top's microsecond, but records are told apart by their ts too."""
+    sink.write([samples.prediction_trade(9)])
+    t9 = samples.prediction_trade(9)
+    late = PredictionTrade(t9.venue, t9.market, t9.asset_id, samples.T0 + 1, samples.T0, 0.4, 5.0, "sell", "0xsame")
+    same_hash_at_top = PredictionTrade(t9.venue, t9.market, t9.asset_id, t9.ts_us, samples.T0, 0.4, 5.0, "sell",
+                                       "0xsame")
+    sink.write([late])
+    sink.write([same_hash_at_top])
+    sink.write([late, same_hash_at_top, t9])
+    assert read_back(r, "prediction_trade") == [t9, late, same_hash_at_top]
+
+
+def test_after_trimming_only_a_late_record_older_than_what_the_stream_keeps_is_refused(make_sink, r, stats, caplog):
+    sink = make_sink(stream_maxlen=10)
+    key = STREAM_OF["whale_trade"]
+    sink.write([samples.whale_trade(i) for i in range(0, 1000, 2)])
+    first = int(r.xrange(key, count=1)[0][1][b"trade_id"], 16)
+    assert 0 < first < 990  # trimmed
+    with caplog.at_level(logging.WARNING, logger="ingestd.sinks.redis"):
+        sink.write([samples.whale_trade(first - 1), samples.whale_trade(first + 1), samples.whale_trade(997)])
+    trade_ids = [int(f[b"trade_id"], 16) for _, f in r.xrange(key)]
+    assert trade_ids[-2:] == [first + 1, 997] and first - 1 not in trade_ids
+    assert "refused 1 whale_trades for stream 'whales:0x1f2d" in caplog.text
+    assert "cannot be told apart from records stored before and removed" in caplog.text
+    c = counters(stats)
+    assert c["late_refused"] == 1 and c["records_refused"] == 1 and c["late_added"] == 2
+
+
+def test_the_late_set_stays_bounded_as_the_stream_is_trimmed(make_sink, r, stats):
+    sink = make_sink(stream_maxlen=10)
+    kind, make = "prediction_trade", samples.prediction_trade
+    key, late = STREAM_OF[kind], late_set(kind)
+    rounds = 60
+    for k in range(rounds):
+        sink.write([make(100 * k + j) for j in range(0, 20, 2)])  # live
+        sink.write([make(100 * k + j) for j in range(1, 19, 2)])  # backfill: older than the top, newer than kept
+        sink.write([make(100 * k + j) for j in range(0, 19)])  # a replay: duplicates, or refused if trimmed
+        entries = r.xrange(key)
+        members = r.zrange(late, 0, -1, withscores=True)
+        assert len(members) <= len(entries)
+        # Every member belongs to an entry still in the stream.
+        stored = {fields[b"ts"].decode() for _, fields in entries}
+        for _, score in members:
+            assert (EPOCH + timedelta(microseconds=int(score))).strftime("%Y-%m-%dT%H:%M:%S.%f") in stored
+    assert len(identities(r, key)) == len(set(identities(r, key)))
+    c = counters(stats)
+    assert c["late_added"] == rounds * 9 and c["rows_written"] == rounds * 19
+    assert c["duplicates_skipped"] + c["late_refused"] == rounds * 19
+    assert r.zcard(late) <= r.xlen(key) < rounds * 19 // 4
+
+
+def test_deleting_a_stream_forgets_its_late_records(sink, r):
+    sink.write([samples.price(10), samples.price(20)])
+    sink.write([samples.price(15)])
+    assert r.zcard(late_set("price")) == 1
+    r.delete(STREAM_OF["price"])
+    sink.write([samples.price(15)])  # a new stream: stored again, in order
+    assert read_back(r, "price") == [samples.price(15)] and r.exists(late_set("price")) == 0
+    sink.write([samples.price(15), samples.price(12)])
+    assert read_back(r, "price") == [samples.price(15), samples.price(12)]
+
+
+def test_a_late_set_of_another_type_fails_the_write_before_anything_is_stored(sink, r):
+    r.set(late_set("price"), "not a sorted set")
+    with pytest.raises(SinkError, match="WRONGTYPE"):
+        sink.write([samples.price(0)])
+    assert r.exists(STREAM_OF["price"]) == 0
 
 
 # --- crafted values --------------------------------------------------------------------------------
