@@ -1,7 +1,9 @@
 """The embedded sink: one SQLite file, tables named as the legacy service's (`assets`, `ticks`, `books`)
 and as the PostgreSQL sink's for every other record kind (`derivatives`, `dex_metrics`, `onchain_flows`,
 `prices`, `prediction_books`, `prediction_trades`, `whale_trades`: see ingestd/sinks/tables.py, which
-declares their columns for both sinks).
+declares their columns for both sinks), with the PostgreSQL schema's price views over `prices`
+(`price_latest`, `price_volatility`, `price_daily`, `price_comparisons`, `price_roi`; `_SCHEMA_V3`
+lists where SQLite's differ).
 
 Durability: the database runs in WAL mode with `synchronous=NORMAL` unless told otherwise. A commit
 then writes the WAL without fsync, so every committed batch survives a crash or `kill -9` of the
@@ -261,7 +263,166 @@ _SCHEMA_V2 = (
     """,
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: the market-data runbook's derived price metrics as views over `prices`, with the names, columns
+# and meaning of PostgreSQL's (ingestd/db/migrations/0004_more_record_kinds.postgres.sql explains each
+# one; tests/integration/test_postgres_sink_kinds.py checks that both stores' views agree on the same
+# data). What differs, and why:
+# - Times are INTEGER µs, as in every table here; `price_daily.day` is TEXT 'YYYY-MM-DD' (SQLite has
+#   no date type; the strings sort and compare as dates: `WHERE day >= date('now', '-30 days')`).
+# - "Now" is the system clock to the millisecond (SQLite's 'now' has no finer grain), read in the
+#   `clock` CTE; SQLite keeps it fixed while a statement step runs, as PostgreSQL keeps now() for a
+#   transaction. A day is 86 400 s, 7 days 604 800 s and so on, as PostgreSQL's intervals are in a
+#   UTC session (in another time zone PostgreSQL's '1 day' can be 23 or 25 hours across DST).
+# - SQLite has no stddev_samp. The volatilities take two passes: each window's mean log return first
+#   (a window function), then the sum of squared deviations from it over n - 1. That is the sample
+#   standard deviation stddev_samp computes, to rounding; the one-pass sqrt(avg(x²) - avg(x)²) would
+#   lose the digits that matter whenever the returns' spread is small beside their mean.
+# - ln() and sqrt() are SQLite's math functions (3.35+, present where SQLite was compiled with
+#   SQLITE_ENABLE_MATH_FUNCTIONS, the default of its configure script and of the sqlite3 shell).
+#   Without them only `price_volatility` fails, when queried ("no such function: ln"); the other
+#   views, and the sink, do not use them.
+# - Nothing newer than SQLite 3.25's window functions appears here, since a syntax error would keep
+#   the sink from opening on an older library: CASE inside an aggregate instead of FILTER, and no
+#   NULLS LAST (SQLite sorts NULLs last in a DESC order, which is PostgreSQL's DESC NULLS LAST).
+# - PostgreSQL's LATERAL joins are correlated subqueries here, each one a lookup on the primary key.
+# - Division by zero gives NULL in SQLite rather than an error; the NULLIFs are kept for parity.
+# - A NaN price is stored as NULL (SQLite has no NaN), so it drops out of every metric; in PostgreSQL,
+#   where NaN is stored and sorts above every number, it passes `price_usd > 0` and turns results NaN.
+# `prices_ts` serves the views' "last day / 30 days" filters, as PostgreSQL's BRIN index on `ts`
+# does; prices arrive one poll at a time, so it costs next to nothing.
+# The statements are literal text, like every shipped step: a later edit must not change them.
+_SCHEMA_V3 = (
+    "CREATE INDEX IF NOT EXISTS prices_ts ON prices (ts)",
+    # The latest sample of each coin, among those of the last day.
+    """
+    CREATE VIEW IF NOT EXISTS price_latest AS
+    WITH clock AS (SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000 AS now_us),
+    ranked AS (
+        SELECT p.*, row_number() OVER (PARTITION BY source, coin_id ORDER BY ts DESC) AS recency
+        FROM prices AS p, clock
+        WHERE ts >= now_us - 86400000000
+    )
+    SELECT source, coin_id, symbol, ts, price_usd, market_cap, market_cap_rank, total_volume, high_24h,
+           low_24h, price_change_24h, price_change_pct_24h, circulating_supply
+    FROM ranked
+    WHERE recency = 1
+    """,
+    # Volatility: the sample standard deviation of log returns between consecutive samples over the
+    # last 24 h, 7 and 30 days, as is and annualized (31 557 600 s a year over the mean spacing of
+    # the window's samples). NULL until a window holds two returns.
+    """
+    CREATE VIEW IF NOT EXISTS price_volatility AS
+    WITH clock AS (SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000 AS now_us),
+    returns AS (
+        SELECT source, coin_id, ts,
+               first_value(symbol) OVER (PARTITION BY source, coin_id ORDER BY ts DESC) AS latest_symbol,
+               ln(price_usd / NULLIF(lag(price_usd) OVER w, 0)) AS log_return,
+               (ts - lag(ts) OVER w) / 1e6 AS spacing_s,
+               ts >= now_us - 86400000000 AS in_24h,
+               ts >= now_us - 604800000000 AS in_7d
+        FROM prices, clock
+        WHERE ts >= now_us - 2592000000000 AND price_usd > 0
+        WINDOW w AS (PARTITION BY source, coin_id ORDER BY ts)
+    ),
+    deviations AS (
+        SELECT source, coin_id, ts, latest_symbol, log_return, spacing_s, in_24h, in_7d,
+               log_return - avg(CASE WHEN in_24h THEN log_return END) OVER coin AS dev_24h,
+               log_return - avg(CASE WHEN in_7d THEN log_return END) OVER coin AS dev_7d,
+               log_return - avg(log_return) OVER coin AS dev_30d
+        FROM returns
+        WINDOW coin AS (PARTITION BY source, coin_id)
+    ),
+    sums AS (
+        SELECT source, coin_id, max(latest_symbol) AS symbol, max(ts) AS ts,
+               count(CASE WHEN in_24h THEN log_return END) AS returns_24h,
+               count(CASE WHEN in_7d THEN log_return END) AS returns_7d,
+               count(log_return) AS returns_30d,
+               sum(CASE WHEN in_24h THEN dev_24h * dev_24h END) AS squares_24h,
+               sum(CASE WHEN in_7d THEN dev_7d * dev_7d END) AS squares_7d,
+               sum(dev_30d * dev_30d) AS squares_30d,
+               avg(CASE WHEN in_24h THEN spacing_s END) AS spacing_24h,
+               avg(CASE WHEN in_7d THEN spacing_s END) AS spacing_7d,
+               avg(spacing_s) AS spacing_30d
+        FROM deviations
+        GROUP BY source, coin_id
+    ),
+    volatilities AS (
+        SELECT source, coin_id, symbol, ts, returns_24h, spacing_24h, spacing_7d, spacing_30d,
+               sqrt(squares_24h / NULLIF(returns_24h - 1, 0)) AS volatility_24h,
+               sqrt(squares_7d / NULLIF(returns_7d - 1, 0)) AS volatility_7d,
+               sqrt(squares_30d / NULLIF(returns_30d - 1, 0)) AS volatility_30d
+        FROM sums
+    )
+    SELECT source, coin_id, symbol, ts, returns_24h, volatility_24h, volatility_7d, volatility_30d,
+           volatility_24h * sqrt(31557600.0 / NULLIF(spacing_24h, 0)) AS volatility_24h_annualized,
+           volatility_7d * sqrt(31557600.0 / NULLIF(spacing_7d, 0)) AS volatility_7d_annualized,
+           volatility_30d * sqrt(31557600.0 / NULLIF(spacing_30d, 0)) AS volatility_30d_annualized
+    FROM volatilities
+    """,
+    # Aggregates: one row per coin and UTC day. The day is floored, not truncated toward zero, for
+    # times before 1970 too; integer seconds keep a sample at 23:59:59.999999 in its day (date() of
+    # fractional seconds would round it to the next one).
+    """
+    CREATE VIEW IF NOT EXISTS price_daily AS
+    WITH days AS (
+        SELECT source, coin_id, ts, symbol, price_usd, market_cap, total_volume,
+               date(ts / 1000000 - (ts % 1000000 < 0), 'unixepoch') AS day
+        FROM prices
+    ),
+    firsts AS (
+        SELECT source, coin_id, day, price_usd,
+               first_value(symbol) OVER latest AS symbol,
+               first_value(price_usd) OVER earliest AS open,
+               first_value(price_usd) OVER latest AS close,
+               first_value(market_cap) OVER latest AS market_cap,
+               first_value(total_volume) OVER latest AS total_volume
+        FROM days
+        WINDOW earliest AS (PARTITION BY source, coin_id, day ORDER BY ts),
+               latest AS (PARTITION BY source, coin_id, day ORDER BY ts DESC)
+    )
+    SELECT source, coin_id, day, max(symbol) AS symbol, max(open) AS open, max(price_usd) AS high,
+           min(price_usd) AS low, max(close) AS close, avg(price_usd) AS mean, count(*) AS samples,
+           max(market_cap) AS market_cap, max(total_volume) AS total_volume
+    FROM firsts
+    GROUP BY source, coin_id, day
+    """,
+    # Comparisons: each coin's latest sample against the market and against bitcoin, and its rank by
+    # 24 h change (DESC puts NULLs last in SQLite, as DESC NULLS LAST does in PostgreSQL).
+    """
+    CREATE VIEW IF NOT EXISTS price_comparisons AS
+    SELECT l.source, l.coin_id, l.symbol, l.ts, l.price_usd, l.market_cap, l.market_cap_rank,
+           l.market_cap / NULLIF(sum(l.market_cap) OVER (PARTITION BY l.source), 0) AS market_cap_share,
+           l.price_change_pct_24h,
+           rank() OVER (PARTITION BY l.source ORDER BY l.price_change_pct_24h DESC) AS change_rank_24h,
+           l.price_usd / NULLIF(btc.price_usd, 0) AS price_btc,
+           l.price_change_pct_24h - btc.price_change_pct_24h AS change_vs_btc_pct_24h
+    FROM price_latest AS l
+    LEFT JOIN price_latest AS btc ON btc.source = l.source AND btc.coin_id = 'bitcoin'
+    """,
+    # ROI: the latest price over the last price at or before a window earlier, minus one.
+    """
+    CREATE VIEW IF NOT EXISTS price_roi AS
+    SELECT l.source, l.coin_id, l.symbol, l.ts, l.price_usd,
+           l.price_usd / NULLIF((SELECT p.price_usd FROM prices AS p WHERE p.source = l.source
+                                 AND p.coin_id = l.coin_id AND p.ts <= l.ts - 86400000000
+                                 ORDER BY p.ts DESC LIMIT 1), 0) - 1 AS roi_24h,
+           l.price_usd / NULLIF((SELECT p.price_usd FROM prices AS p WHERE p.source = l.source
+                                 AND p.coin_id = l.coin_id AND p.ts <= l.ts - 604800000000
+                                 ORDER BY p.ts DESC LIMIT 1), 0) - 1 AS roi_7d,
+           l.price_usd / NULLIF((SELECT p.price_usd FROM prices AS p WHERE p.source = l.source
+                                 AND p.coin_id = l.coin_id AND p.ts <= l.ts - 2592000000000
+                                 ORDER BY p.ts DESC LIMIT 1), 0) - 1 AS roi_30d,
+           l.price_usd / NULLIF((SELECT p.price_usd FROM prices AS p WHERE p.source = l.source
+                                 AND p.coin_id = l.coin_id AND p.ts <= l.ts - 7776000000000
+                                 ORDER BY p.ts DESC LIMIT 1), 0) - 1 AS roi_90d,
+           l.price_usd / NULLIF((SELECT p.price_usd FROM prices AS p WHERE p.source = l.source
+                                 AND p.coin_id = l.coin_id AND p.ts <= l.ts - 31536000000000
+                                 ORDER BY p.ts DESC LIMIT 1), 0) - 1 AS roi_365d
+    FROM price_latest AS l
+    """,
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # Rows per INSERT, at most. Measured with 5000-row batches beside a thread spinning on the GIL
@@ -458,8 +619,9 @@ class SqliteSink(Sink):
         """Store the grouped records in one transaction; returns (data rows inserted, attempted)."""
         trades = groups.get(tables.TICKS, ())
         books = groups.get(tables.BOOKS, ())
-        if trades or books:
-            self._register_assets(conn, {r.symbol for r in trades} | {r.symbol for r in books})
+        symbols = tables.asset_symbols(groups)
+        if symbols:
+            self._register_assets(conn, symbols)
         # Values are built before BEGIN so the write lock is held for SQLite work only.
         tick_values = self._tick_values(trades)
         book_values = self._book_values(books)
@@ -506,8 +668,10 @@ class SqliteSink(Sink):
     def _register_assets(self, conn: sqlite3.Connection, symbols: set[str]) -> None:
         """Give every new symbol an `assets` row, in its own committed transaction.
 
-        Separate from the batch transaction so the in-memory cache only ever holds committed ids:
-        a rolled-back batch cannot leave behind an id that SQLite later hands to another symbol.
+        The symbols are those of trades, book tops and derivatives; why no other kind names an asset
+        is in `tables.asset_symbols`. Separate from the batch transaction so the in-memory cache only
+        ever holds committed ids: a rolled-back batch cannot leave behind an id that SQLite later
+        hands to another symbol.
         """
         missing = [s for s in symbols if s not in self._asset_ids]
         if not missing:

@@ -3,16 +3,20 @@ metrics, on-chain flows, prices, prediction-market books and trades, whale trade
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import sqlite3
+import statistics
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from ingestd.model import Checkpoint, DexMetric, OnchainFlow, PredictionBook, Trade
+from ingestd.model import Checkpoint, Derivative, DexMetric, OnchainFlow, PredictionBook, Price, Trade
 from ingestd.sinks import sqlite as sqlite_module
 from ingestd.sinks import tables
+from ingestd.sinks.base import SinkError
 from ingestd.sinks.sqlite import SCHEMA_VERSION, SqliteSink
 from ingestd.stats import StatsRegistry
 from tests import samples
@@ -134,7 +138,9 @@ def test_unstorable_values_are_refused_with_a_reason_and_the_rest_is_stored(
     sink.write(bad[: len(bad) // 2] + good + bad[len(bad) // 2 :])  # does not raise
     for record in good:
         assert sink.records(type(record)) == [record]
-    assert sink.counts()["ticks"] == 0 and sink.counts()["assets"] == 0
+    assert sink.counts()["ticks"] == 0
+    with sqlite3.connect(sink.path) as reader:  # the good derivative's market only: no refused symbol
+        assert reader.execute("SELECT symbol FROM assets").fetchall() == [("BTCUSDT",)]
     assert counters(stats) == (len(good), 0, len(bad))
     messages = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(messages) == tables.MAX_REFUSALS_LOGGED + 1  # and one line for the rest
@@ -180,6 +186,42 @@ def test_a_spool_outage_replays_every_kind_exactly_once(sink: SqliteSink, tmp_pa
     assert sink.trade_ids("binance", "BTCUSDT") == list(range(30))
 
 
+# --- assets ----------------------------------------------------------------------------------------
+
+
+def test_derivative_symbols_are_registered_as_assets_and_no_other_kinds_identifiers(
+    sink: SqliteSink, db_path: Path
+) -> None:
+    with sqlite3.connect(db_path) as operator:
+        operator.execute("INSERT INTO assets (symbol, sector) VALUES ('ETHUSDT', 'Layer1')")
+    sink.write(samples.one_of_each_new_kind(0) + samples.one_of_each_new_kind(1)
+               + [msgspec.structs.replace(samples.derivative(2), symbol=s) for s in ("ETHUSDT", "SOLUSDT")])
+    # prices' coin and ticker, pools, token contracts, outcome tokens: none of them is an asset row
+    assert sorted(view(db_path, "SELECT symbol, sector FROM assets")) == [
+        ("BTCUSDT", None), ("ETHUSDT", "Layer1"), ("SOLUSDT", None),
+    ]
+    # A trade of the same market shares the row (and the cache knew it: no second registration).
+    sink.write([Trade("binance", "SOLUSDT", 1, 1.0, 1.0, "buy", 5, 6)])
+    assert view(db_path, "SELECT t.asset_id = a.asset_id FROM ticks t JOIN assets a USING (symbol)") == [(1,)]
+    assert sink.counts(["assets"]) == {"assets": 3}
+
+
+def test_a_derivatives_asset_is_committed_on_its_own_and_outlives_a_failed_batch(
+    sink: SqliteSink, db_path: Path
+) -> None:
+    with sqlite3.connect(db_path) as operator:
+        operator.execute("CREATE TRIGGER refuse BEFORE INSERT ON derivatives BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(SinkError, match="refused"):
+        sink.write([samples.derivative(0)])
+    assert view(db_path, "SELECT asset_id, symbol FROM assets") == [(1, "BTCUSDT")]  # visible to others: committed
+    assert sink.counts(["derivatives"]) == {"derivatives": 0}
+    with sqlite3.connect(db_path) as operator:
+        operator.execute("DROP TRIGGER refuse")
+    sink.write([samples.derivative(0), Trade("binance", "BTCUSDT", 1, 1.0, 1.0, "buy", 5, 6)])
+    assert view(db_path, "SELECT asset_id FROM ticks") == [(1,)]
+    assert sink.records(Derivative) == [samples.derivative(0)]
+
+
 # --- schema ----------------------------------------------------------------------------------------
 
 
@@ -214,7 +256,22 @@ def test_a_version_1_database_is_upgraded_in_place(db_path: Path) -> None:
     finally:
         sink.close()
     with sqlite3.connect(db_path) as reader:
-        assert reader.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+        assert reader.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+
+
+def test_a_version_2_database_gets_the_price_views_and_keeps_its_rows(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as old:
+        for statement in sqlite_module._SCHEMA_V1 + sqlite_module._SCHEMA_V2:
+            old.execute(statement)
+        old.execute("INSERT INTO prices (ts, source, coin_id, symbol, price_usd) VALUES (?, 'coingecko', 'bitcoin',"
+                    " 'BTC', 50.0)", (NOW_US - HOUR_US,))
+        old.execute("PRAGMA user_version = 2")
+    sink = SqliteSink("local", db_path)
+    sink.open()
+    sink.close()
+    with sqlite3.connect(db_path) as reader:
+        assert reader.execute("PRAGMA user_version").fetchone() == (3,)
+        assert reader.execute("SELECT coin_id, price_usd FROM price_latest").fetchall() == [("bitcoin", 50.0)]
 
 
 def test_read_helpers_refuse_unknown_tables(sink: SqliteSink) -> None:
@@ -224,3 +281,162 @@ def test_read_helpers_refuse_unknown_tables(sink: SqliteSink) -> None:
         sink.records(Trade)
     assert isinstance(sink.records(DexMetric), list) and isinstance(sink.records(OnchainFlow), list)
     assert sink.records(PredictionBook) == []
+
+
+# --- the market-data runbook's derived price metrics (views, as in PostgreSQL's migration 0004) ------------
+
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+NOW_US = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
+PRICE_VIEWS = ("price_latest", "price_volatility", "price_daily", "price_comparisons", "price_roi")
+
+
+def price(coin: str, age_us: int, usd: float | None, **fields) -> Price:
+    return msgspec.structs.replace(samples.price(), coin_id=coin, symbol=coin[:3].upper(), ts_us=NOW_US - age_us,
+                                   recv_us=NOW_US - age_us, price_usd=usd, **fields)
+
+
+def view(db_path: Path, query: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(db_path) as reader:  # another connection, as a person's sqlite3 shell would be
+        return reader.execute(query, params).fetchall()
+
+
+# Bitcoin every 6 h over the last day, doubling or flat, after older samples: the windows of 24 h, 7
+# and 30 days each see a different set of log returns, and each ROI window a different reference.
+BTC_PATH = [
+    (400 * DAY_US, 2.0),  # the 365-day ROI's reference
+    (100 * DAY_US, 4.0),  # the 90-day ROI's
+    (40 * DAY_US, 1000.0),  # before the 30 days: in no volatility
+    (10 * DAY_US, 0.5),  # the first sample of the 30 days: no return
+    (8 * DAY_US, 0.5),  # return 0, 48 h later; the 7-day ROI's reference
+    (25 * HOUR_US, 1.0),  # return ln 2, 167 h later; the 24 h ROI's reference (24 h before the latest, to the µs)
+    (19 * HOUR_US, 2.0),  # from here on, in the last 24 h: ln 2, ln 2, 0, ln 2, 6 h apart
+    (13 * HOUR_US, 4.0),
+    (7 * HOUR_US, 4.0),
+    (HOUR_US, 8.0),
+]
+
+
+@pytest.fixture
+def priced(sink: SqliteSink) -> dt.date:
+    """BTC_PATH, ethereum's samples of one UTC day three days ago and of the last hours, tether without
+    a 24 h change, a stale coin; returns ethereum's day."""
+    rows = [price("bitcoin", age, usd) for age, usd in BTC_PATH[:-1]]
+    rows.append(price("bitcoin", HOUR_US, 8.0, market_cap=3000.0, price_change_pct_24h=2.0))
+    rows.append(price("bitcoin", 35 * DAY_US, None))  # no price: the 30-day ROI's reference, so NULL
+    day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
+    midnight_us = int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()) * 1_000_000
+    # 01:00, 12:00 and the day's last microsecond, which a rounding to milliseconds would push into the next day
+    for at_us, usd, volume in ((HOUR_US, 5.0, 1.0), (12 * HOUR_US, 9.0, 12.0), (DAY_US - 1, 7.0, 23.0)):
+        rows.append(price("ethereum", NOW_US - (midnight_us + at_us), usd, total_volume=volume, market_cap=900.0))
+    rows.append(price("ethereum", 2 * HOUR_US, 2.0, market_cap=1000.0, price_change_pct_24h=5.0))
+    rows.append(price("tether", 5 * HOUR_US, 1.0))
+    rows.append(price("tether", 3 * HOUR_US, 1.0, market_cap=None, price_change_pct_24h=None))
+    rows.append(price("dogecoin", 2 * DAY_US, 0.1))  # stale: no longer "latest"
+    sink.write(rows)
+    return day
+
+
+def test_every_price_view_exists_with_postgresqls_columns(sink: SqliteSink, db_path: Path) -> None:
+    columns = {name: [c[1] for c in view(db_path, f"PRAGMA table_info({name})")] for name in PRICE_VIEWS}
+    assert columns == {
+        "price_latest": ["source", "coin_id", "symbol", "ts", "price_usd", "market_cap", "market_cap_rank",
+                         "total_volume", "high_24h", "low_24h", "price_change_24h", "price_change_pct_24h",
+                         "circulating_supply"],
+        "price_volatility": ["source", "coin_id", "symbol", "ts", "returns_24h", "volatility_24h", "volatility_7d",
+                             "volatility_30d", "volatility_24h_annualized", "volatility_7d_annualized",
+                             "volatility_30d_annualized"],
+        "price_daily": ["source", "coin_id", "day", "symbol", "open", "high", "low", "close", "mean", "samples",
+                        "market_cap", "total_volume"],
+        "price_comparisons": ["source", "coin_id", "symbol", "ts", "price_usd", "market_cap", "market_cap_rank",
+                              "market_cap_share", "price_change_pct_24h", "change_rank_24h", "price_btc",
+                              "change_vs_btc_pct_24h"],
+        "price_roi": ["source", "coin_id", "symbol", "ts", "price_usd", "roi_24h", "roi_7d", "roi_30d", "roi_90d",
+                      "roi_365d"],
+    }
+    for name in PRICE_VIEWS:
+        assert view(db_path, f"SELECT * FROM {name}") == [], name  # and an empty table gives no row
+
+
+def test_price_latest_is_each_coins_last_sample_of_the_last_day(priced: dt.date, db_path: Path) -> None:
+    assert view(db_path, "SELECT coin_id, symbol, ts, price_usd, market_cap FROM price_latest ORDER BY coin_id") == [
+        ("bitcoin", "BIT", NOW_US - HOUR_US, 8.0, 3000.0),
+        ("ethereum", "ETH", NOW_US - 2 * HOUR_US, 2.0, 1000.0),
+        ("tether", "TET", NOW_US - 3 * HOUR_US, 1.0, None),
+    ]
+
+
+def test_price_volatility_is_the_sample_deviation_of_log_returns(priced: dt.date, db_path: Path) -> None:
+    ln2 = math.log(2)
+    year_s = 365.25 * 86400
+    (btc,) = view(db_path, "SELECT symbol, ts, returns_24h, volatility_24h, volatility_7d, volatility_30d,"
+                           " volatility_24h_annualized, volatility_7d_annualized, volatility_30d_annualized"
+                           " FROM price_volatility WHERE coin_id = 'bitcoin'")
+    symbol, ts, returns_24h, v24, v7, v30, a24, a7, a30 = btc
+    assert (symbol, ts, returns_24h) == ("BIT", NOW_US - HOUR_US, 4)
+    # 24 h: ln2 x (1, 1, 0, 1); mean 3/4; deviations (1, 1, -3, 1)/4, squares 12/16, over 3: 1/4
+    assert v24 == pytest.approx(ln2 / 2, rel=1e-12)
+    # 7 d: ln2 x (1, 1, 1, 0, 1); mean 4/5; deviations (1, 1, 1, -4, 1)/5, squares 20/25, over 4: 1/5
+    assert v7 == pytest.approx(math.sqrt(1 / 5) * ln2, rel=1e-12)
+    # 30 d: ln2 x (0, 1, 1, 1, 0, 1); mean 2/3; deviations (-2, 1, 1, 1, -2, 1)/3, squares 12/9, over 5: 4/15
+    assert v30 == pytest.approx(math.sqrt(4 / 15) * ln2, rel=1e-12)
+    # annualized by sqrt(samples a year); mean spacings: 6 h; (167 + 4 x 6)/5 h; (48 + 167 + 4 x 6)/6 h
+    assert a24 == pytest.approx(ln2 / 2 * math.sqrt(year_s / (6 * 3600)), rel=1e-12)
+    assert a7 == pytest.approx(math.sqrt(1 / 5) * ln2 * math.sqrt(year_s / (191 / 5 * 3600)), rel=1e-12)
+    assert a30 == pytest.approx(math.sqrt(4 / 15) * ln2 * math.sqrt(year_s / (239 / 6 * 3600)), rel=1e-12)
+    # One return: counted, but no deviation yet (stddev_samp is NULL for a single value).
+    assert view(db_path, "SELECT returns_24h, volatility_24h, volatility_30d, volatility_24h_annualized"
+                         " FROM price_volatility WHERE coin_id = 'tether'") == [(1, None, None, None)]
+    # ethereum: ln(9/5), ln(7/9) three days ago, ln(2/7) now
+    assert view(db_path, "SELECT returns_24h, volatility_24h, volatility_30d FROM price_volatility"
+                         " WHERE coin_id = 'ethereum'") == [
+        (1, None, pytest.approx(statistics.stdev([math.log(9 / 5), math.log(7 / 9), math.log(2 / 7)]), rel=1e-12)),
+    ]
+    # Every coin with a sample of the last 30 days has a row, dogecoin's single sample too.
+    assert view(db_path, "SELECT returns_24h, volatility_30d FROM price_volatility WHERE coin_id = 'dogecoin'") == [
+        (0, None),
+    ]
+
+
+def test_price_volatility_keeps_its_digits_when_returns_hardly_vary(sink: SqliteSink, db_path: Path) -> None:
+    """Returns of 0.1 +- 2e-9: the one-pass sqrt(avg(x²) - avg(x)²) would cancel to noise (or NULL)."""
+    prices = [100.0 * math.exp(0.1 * i) * (1 + 1e-9 * (-1) ** i) for i in range(12)]
+    sink.write([price("steady", (12 - i) * HOUR_US, usd) for i, usd in enumerate(prices)])
+    returns = [math.log(b / a) for a, b in zip(prices, prices[1:])]
+    ((v24, v30),) = view(db_path, "SELECT volatility_24h, volatility_30d FROM price_volatility")
+    assert v24 == v30 == pytest.approx(statistics.stdev(returns), rel=1e-6)
+    assert 1e-9 < v24 < 1e-8
+
+
+def test_price_daily_aggregates_each_utc_day(priced: dt.date, db_path: Path) -> None:
+    assert view(db_path, "SELECT day, symbol, open, high, low, close, mean, samples, market_cap, total_volume"
+                         " FROM price_daily WHERE coin_id = 'ethereum' AND day = ?", (priced.isoformat(),)) == [
+        (priced.isoformat(), "ETH", 5.0, 9.0, 5.0, 7.0, 7.0, 3, 900.0, 23.0),
+    ]
+    # Every sample counts, even one without a price (a day of only that one has no open, high, ...).
+    assert view(db_path, "SELECT sum(samples) FROM price_daily WHERE coin_id = 'bitcoin'") == [(len(BTC_PATH) + 1,)]
+    assert view(db_path, "SELECT open, high, low, close, mean, samples FROM price_daily"
+                         " WHERE coin_id = 'bitcoin' AND day = date(?, 'unixepoch')",
+                ((NOW_US - 35 * DAY_US) // 1_000_000,)) == [(None, None, None, None, None, 1)]
+
+
+def test_price_comparisons_against_the_market_and_bitcoin(priced: dt.date, db_path: Path) -> None:
+    assert view(db_path, "SELECT coin_id, market_cap_share, change_rank_24h, price_btc, change_vs_btc_pct_24h"
+                         " FROM price_comparisons ORDER BY coin_id") == [
+        ("bitcoin", 0.75, 2, 1.0, 0.0),
+        ("ethereum", 0.25, 1, 0.25, 3.0),
+        ("tether", None, 3, 0.125, None),  # no 24 h change ranks last, as NULLS LAST does in PostgreSQL
+    ]
+
+
+def test_price_roi_is_against_the_last_price_at_or_before_each_window(priced: dt.date, db_path: Path) -> None:
+    # bitcoin is at 8.0 an hour ago. 24 h before that: 1.0; 7 days: 0.5 (8 days ago); 30 days: the
+    # sample of 35 days ago, which has no price, so NULL as in PostgreSQL; 90 days: 4.0; 365 days: 2.0.
+    assert view(db_path, "SELECT roi_24h, roi_7d, roi_30d, roi_90d, roi_365d FROM price_roi"
+                         " WHERE coin_id = 'bitcoin'") == [(7.0, 15.0, None, 1.0, 3.0)]
+    # ethereum's history starts three days ago: its last sample then (7.0 at 23:59:59.999999) is the
+    # 24 h reference, and nothing reaches back 7 days
+    assert view(db_path, "SELECT roi_24h, roi_7d FROM price_roi WHERE coin_id = 'ethereum'") == [
+        (pytest.approx(2 / 7 - 1, rel=1e-12), None),
+    ]
