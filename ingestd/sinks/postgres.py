@@ -50,9 +50,10 @@ be stored; writing it again is harmless.
 Maintenance: `ingestd.db.run_maintenance` (partitions ahead, retention) runs in `open()` and then
 from `write()` at most once an hour, before that batch; see ingestd/db/maintenance.py for why.
 
-Assets: every trade and book symbol written gets an `assets` row (asset_id), registered in its own committed
-transaction before the batch, so the in-memory symbol -> asset_id cache only ever holds committed
-ids, as in the SQLite sink.
+Assets: every trade, book and derivative symbol written gets an `assets` row (asset_id), registered
+in its own committed transaction before the batch, so the in-memory symbol -> asset_id cache only
+ever holds committed ids, as in the SQLite sink. (The other kinds name no market symbol; see
+`tables.asset_symbols`.)
 
 Threads: the pipeline calls open/write/close from worker threads, one call at a time; a lock still
 guards the connection so `resume_points` and the read helpers can run from another thread.
@@ -417,8 +418,9 @@ class PostgresSink(Sink):
         groups = tables.group_by_table(records, "PostgresSink")
         trades = groups.get(tables.TICKS, ())
         books = groups.get(tables.BOOKS, ())
-        if trades or books:
-            self._register_assets(conn, {t.symbol for t in trades} | {b.symbol for b in books})
+        symbols = tables.asset_symbols(groups)
+        if symbols:
+            self._register_assets(conn, symbols)
         if trades:
             self._ensure_partitions(conn, TICKS.table, {t.ts_us // US_PER_DAY for t in trades})
         if books:
@@ -497,7 +499,9 @@ class PostgresSink(Sink):
                 cur.close()
 
     def _register_assets(self, conn: psycopg.Connection, symbols: set[str]) -> None:
-        """Give every new symbol an `assets` row, in its own committed transaction (see the docstring)."""
+        """Give every new symbol an `assets` row, in its own committed transaction (see the module
+        docstring). The symbols are those of trades, book tops and derivatives; why no other kind
+        names an asset is in `tables.asset_symbols`."""
         missing = [s for s in symbols if s not in self._asset_ids]
         if not missing:
             return

@@ -263,6 +263,43 @@ GENERIC: tuple[Table, ...] = (
 BY_KIND: dict[str, Table] = {t.record.KIND: t for t in (TICKS, BOOKS, CHECKPOINTS, *GENERIC)}
 BY_NAME: dict[str, Table] = {t.name: t for t in BY_KIND.values()}
 
+# The kinds whose `symbol` names a market that gets an `assets` row (see asset_symbols).
+ASSET_KINDS: tuple[Table, ...] = (TICKS, BOOKS, DERIVATIVES)
+
+_symbol_of = operator.attrgetter("symbol")
+
+
+def asset_symbols(groups: dict[Table, list]) -> set[str]:
+    """The symbols of a grouped batch that both SQL sinks register in `assets` before storing it.
+
+    `assets.symbol` holds venue market symbols ('BTCUSDT': the legacy service's whitelist; "the sink
+    registers every market symbol it stores", migration 0001), so the kinds registered are those
+    whose `symbol` is one: trades, book tops and derivatives (a contract's symbol, 'BTCUSDT' on
+    Bybit, names the same market as the spot pair of that name, and shares its row, as one pair on
+    two venues does). `ticks` and `books` carry the row's asset_id; `derivatives` has no such column
+    (neither has the legacy schema): join on symbol. The other kinds name no such market:
+
+    - Price: the aggregator's coin id ('bitcoin') is no market symbol, and its ticker ('BTC') is not
+      unique among coins, so under `assets.symbol UNIQUE` two coins would share one row. A price is
+      identified by (source, coin_id) in `prices`.
+    - DexMetric: a pool is a pair of assets, not one; the legacy schema keeps pools in `dex_pools`,
+      and that table is an input (the Uniswap feed polls its rows besides the configured pools), so
+      a sink filling it with every pool it stores would keep a pool polled after it left the config.
+    - OnchainFlow: its token is a contract address. `assets` has chain and address columns, but its
+      symbol (NOT NULL UNIQUE) would have to be made up, the record carrying no ticker, and an
+      operator's own row for the token ('USDC', 'ethereum', '0xa0b8...') would be a second one.
+    - PredictionBook, PredictionTrade, WhaleTrade: an outcome token id (a uint256) names one outcome
+      of one market; thousands of them come and resolve, each keyed by (venue, asset_id) in its own
+      table, and as `assets` rows they would bury the few real ones (sector, risk tags).
+    - Checkpoint: its symbol names a resume position (a chain, a poller), not always a market.
+    """
+    symbols: set[str] = set()
+    for table in ASSET_KINDS:
+        records = groups.get(table)
+        if records:
+            symbols.update(map(_symbol_of, records))
+    return symbols
+
 
 # --- screening ---------------------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """PostgresSink and the record kinds stored by declaration (ingestd/sinks/tables.py), against a real
 PostgreSQL server: exact round trips, idempotency, hostile values, partitions, spool replay, the
-schema against the declarations, the 0004 upgrade and the derived price views."""
+schema against the declarations, the 0004 upgrade and the derived price views (and SQLite's agreeing with them)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import math
+import random
+import sqlite3
 import statistics
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from ingestd.model import Checkpoint, Derivative, Price, Trade, WhaleTrade
 from ingestd.sinks import tables
 from ingestd.sinks.base import SinkError
 from ingestd.sinks.postgres import LIMITS, PostgresSink
+from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from tests import samples
 from tests.integration.test_postgres_sink import config
@@ -197,6 +200,36 @@ def test_a_value_only_the_server_refuses_is_isolated(sink: PostgresSink, stats: 
     assert counters(stats)[2] == 1
     assert any("PostgreSQL refused it" in r.getMessage() for r in caplog.records)
     assert sink.counts(NAMES[:6]) == dict.fromkeys(NAMES[:6], 1)
+
+
+# --- assets --------------------------------------------------------------------------------------
+
+
+def test_derivative_symbols_are_registered_as_assets_and_no_other_kinds_identifiers(sink: PostgresSink, sql) -> None:
+    sql("INSERT INTO assets (symbol, sector, risk_tags) VALUES ('ETHUSDT', 'Layer1', ARRAY['mid-cap'])")
+    sink.write(samples.one_of_each_new_kind(0) + samples.one_of_each_new_kind(1)
+               + [msgspec.structs.replace(samples.derivative(2), symbol=s) for s in ("ETHUSDT", "SOLUSDT")])
+    # prices' coin and ticker, pools, token contracts, outcome tokens: none of them is an asset row
+    assert sorted(sql("SELECT symbol, sector, risk_tags FROM assets")) == [
+        ("BTCUSDT", None, None), ("ETHUSDT", "Layer1", ["mid-cap"]), ("SOLUSDT", None, None),
+    ]
+    # A trade of the same market shares the row (and the cache knew it: no second registration).
+    sink.write([Trade("binance", "SOLUSDT", 1, 1.0, 1.0, "buy", NOW_US, NOW_US)])
+    assert sql("SELECT t.asset_id = a.asset_id FROM ticks t JOIN assets a USING (symbol)") == [(True,)]
+    assert sql("SELECT count(*) FROM assets") == [(3,)]
+
+
+def test_a_derivatives_asset_is_committed_on_its_own_and_outlives_a_failed_batch(sink: PostgresSink, sql) -> None:
+    sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$")
+    sql("CREATE TRIGGER refuse BEFORE INSERT ON derivatives FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with pytest.raises(SinkError, match="refused"):
+        sink.write([samples.derivative(0)])
+    assert sql("SELECT symbol FROM assets") == [("BTCUSDT",)]  # seen from another session: committed
+    assert sink.counts(["derivatives"]) == {"derivatives": 0}
+    sql("DROP TRIGGER refuse ON derivatives")
+    sink.write([samples.derivative(0), Trade("binance", "BTCUSDT", 1, 1.0, 1.0, "buy", NOW_US, NOW_US)])
+    assert sql("SELECT t.asset_id = a.asset_id FROM ticks t JOIN assets a USING (symbol)") == [(True,)]
+    assert sink.records(Derivative) == [samples.derivative(0)]
 
 
 # --- partitions, retention, outages ---------------------------------------------------------------
@@ -392,3 +425,84 @@ def test_price_views_compute_volatility_aggregates_comparisons_and_roi(pg_databa
     # ethereum's history starts three days ago: its last sample then (7.0 at 23:00) is the 24 h reference
     ((eth_24h, eth_7d),) = sql("SELECT roi_24h, roi_7d FROM price_roi WHERE coin_id = 'ethereum'")
     assert eth_24h == pytest.approx(60.5 / 7.0 - 1, rel=1e-12) and eth_7d is None
+
+
+PRICE_VIEWS = {  # view -> its rows' order
+    "price_latest": "source, coin_id", "price_volatility": "source, coin_id", "price_daily": "source, coin_id, day",
+    "price_comparisons": "source, coin_id", "price_roi": "source, coin_id",
+}
+
+
+def random_prices(seed: int) -> list[Price]:
+    """Random walks of four coins: dense over the last three days, a sample every other day or so
+    before, back past a year; some prices, market caps and 24 h changes missing, a price of 0. No
+    sample within ten minutes of the views' window edges (1, 7, 30 days before now), where the two
+    stores' clocks, read a moment apart, could disagree."""
+    rng = random.Random(seed)
+    old_days = sorted({d for d in range(4, 41) if rng.random() < 0.5} | set(rng.sample(range(41, 400), 20)))
+    edges = [NOW_US - days * DAY_US for days in (1, 7, 30)]
+    rows = []
+    for coin in ("bitcoin", "ethereum", "solana", "tether"):
+        ages = [d * DAY_US + rng.randrange(-6 * HOUR_US, 6 * HOUR_US) for d in old_days]
+        age = 3 * DAY_US
+        while age > 0:
+            ages.append(age)
+            age -= rng.randrange(10 * 60_000_000, 2 * HOUR_US)
+        usd = rng.uniform(0.5, 5000.0)
+        for age in sorted(ages, reverse=True):
+            if any(abs(NOW_US - age - edge) < 10 * 60_000_000 for edge in edges):
+                continue
+            usd *= math.exp(rng.gauss(0.0, 0.03))
+            rows.append(price(
+                coin, age, None if rng.random() < 0.03 else 0.0 if rng.random() < 0.01 else usd,
+                market_cap=None if rng.random() < 0.1 else usd * rng.uniform(1e6, 1e7),
+                price_change_pct_24h=None if rng.random() < 0.1 else rng.uniform(-10.0, 10.0),
+                total_volume=rng.uniform(1e3, 1e6),
+            ))
+    return rows
+
+
+def same_values(a: tuple, b: tuple) -> bool:
+    """Equal, floats to rounding (sums and means may add up in another order)."""
+    return len(a) == len(b) and all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) if isinstance(x, float) and isinstance(y, float) else x == y
+        for x, y in zip(a, b)
+    )
+
+
+def test_sqlite_price_views_agree_with_postgresqls(pg_database: Database, tmp_path: Path) -> None:
+    """The same prices in both SQL stores: every price view gives the same rows and columns, times
+    as µs and days as 'YYYY-MM-DD' (SQLite's representations; ingestd/sinks/sqlite.py, _SCHEMA_V3)."""
+    rows = random_prices(seed=11)
+    pg = PostgresSink("pg", config(pg_database, retention_days=0))
+    pg.open()
+    lite = SqliteSink("lite", tmp_path / "ingestd.sqlite")
+    lite.open()
+    try:
+        pg.write(rows)
+        lite.write(rows)
+    finally:
+        pg.close()
+        lite.close()
+
+    def plain(value):
+        if isinstance(value, dt.datetime):
+            return (value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        return value
+
+    with psycopg.connect(pg_database.conninfo) as conn, sqlite3.connect(tmp_path / "ingestd.sqlite") as reader:
+        conn.execute("SET TIME ZONE 'UTC'")  # PostgreSQL's intervals in whole 24 h days, as SQLite's
+        for name, order in PRICE_VIEWS.items():
+            cur = conn.execute(f"SELECT * FROM {name} ORDER BY {order}")
+            pg_columns = [c.name for c in cur.description]
+            pg_rows = [tuple(plain(v) for v in row) for row in cur.fetchall()]
+            lite_cur = reader.execute(f"SELECT * FROM {name} ORDER BY {order}")
+            assert [c[0] for c in lite_cur.description] == pg_columns, name
+            lite_rows = lite_cur.fetchall()
+            assert len(lite_rows) == len(pg_rows) > 3, name
+            for lite_row, pg_row in zip(lite_rows, pg_rows):
+                assert same_values(lite_row, pg_row), (name, lite_row, pg_row)
+            if name == "price_volatility":  # the windows were not all empty
+                assert all(row[5] is not None and row[7] is not None for row in pg_rows)
