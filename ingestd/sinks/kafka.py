@@ -958,17 +958,10 @@ class KafkaSink(Sink):
             if market.floor is not None and type(natural_id) is int and natural_id <= market.floor:
                 beyond += 1
             topic = topics[kind]
-            try:
-                produce(topic, value, market.key, timestamp=timestamp_ms)
-            except BufferError:  # librdkafka's queue is full: let it drain, then once more
-                self._produce_when_room(produce, topic, value, market.key, timestamp_ms, deadline)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and error.code() in _PERMANENT_RECORD_ERRORS:
-                    refusals.append(_describe(record, f"refused by the client: {error.str()}"))
-                    continue
-                self._discard_producer()
-                raise SinkError(f"{self.name}: producing to {topic} failed: {exc}") from exc
+            refusal = self._produce_or_refuse(produce, topic, value, market.key, timestamp_ms, deadline)
+            if refusal is not None:
+                refusals.append(_describe(record, refusal))
+                continue
             pending.append((market, natural_id, record, topic, value))
             in_flight.add((id(market), natural_id))
 
@@ -996,17 +989,26 @@ class KafkaSink(Sink):
         if stats is not None:
             stats.incr(self._batches)
 
-    def _produce_when_room(self, produce, topic: str, value: bytes, key: bytes, timestamp_ms: int,
-                           deadline: float) -> None:
+    def _produce_or_refuse(self, produce, topic: str, value: bytes, key: bytes, timestamp_ms: int,
+                           deadline: float) -> str | None:
+        """Hand one message to librdkafka, waiting while its queue is full. Returns why the client
+        refuses the record for good, or None once it is queued; anything else is a SinkError, so no
+        client exception ever leaves write()."""
         while True:
-            self._producer.poll(0.05)
             try:
                 produce(topic, value, key, timestamp=timestamp_ms)
-                return
-            except BufferError:
+                return None
+            except BufferError:  # librdkafka's queue is full: let it drain, then once more
                 if time.monotonic() > deadline:
                     self._discard_producer()
                     raise SinkError(f"{self.name}: the producer's queue stayed full for delivery_timeout_s") from None
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in _PERMANENT_RECORD_ERRORS:
+                    return f"refused by the client: {error.str()}"
+                self._discard_producer()
+                raise SinkError(f"{self.name}: producing to {topic} failed: {exc}") from exc
 
     def _settle(self, producer, pending, deadline, refusals: list[str]) -> tuple[int, int, Any]:
         """Flush, then sort the records into acknowledged (remembered in the window), rejected for
@@ -1051,7 +1053,12 @@ class KafkaSink(Sink):
         delivered = 0
         for market, natural_id, record, topic, value in suspects:
             producer = self._producer
-            self._produce(topic, value, market.key, timestamp=int(time.time() * 1000))
+            refusal = self._produce_or_refuse(self._produce, topic, value, market.key, int(time.time() * 1000),
+                                              deadline)
+            if refusal is not None:
+                refusals.append(_describe(record, refusal))
+                self._remember_rejected((record.KIND, *ROUTES[record.KIND].market(record), natural_id))
+                continue
             left = producer.flush(max(0.05, deadline - time.monotonic()))
             reports = self._delivery_errors.take()
             if left:

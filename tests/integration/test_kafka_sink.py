@@ -366,6 +366,34 @@ def test_a_record_the_broker_rejects_for_good_is_refused_and_does_not_block_its_
     assert c["records_refused"] == 2 and c["rows_written"] == 2 and c["duplicates_skipped"] == 2
 
 
+def test_client_errors_while_isolating_a_rejected_request_are_sink_errors(sink, kafka_server, topics, stats):
+    """The one-by-one resend after a broker verdict meets a full queue, then a client failure: write()
+    raises SinkError (what the pipeline retries and spools), never the client's own exceptions."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    real_produce = sink._produce
+    calls = []
+
+    def produce(topic, value, key, **kw):
+        if b"SUSPECT" in key:
+            calls.append(key)
+            if len(calls) == 1:  # the batch's request is rejected as a whole
+                sink._delivery_errors.reports.append((KafkaError(KafkaError.INVALID_RECORD), topic, key, value))
+                return None
+            if len(calls) == 2:
+                raise BufferError("Local: Queue full")
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return real_produce(topic, value, key, **kw)
+
+    sink._produce = produce
+    batch = [trade(1, "A"), trade(2, "SUSPECT"), trade(3, "B")]
+    with pytest.raises(SinkError, match="producing to"):
+        sink.write(batch)
+    assert len(calls) == 3
+    sink.write(batch)  # a fresh producer: the pipeline's retry
+    assert trade_ids(kafka_server, topics.trades) == Counter({("A", 1): 1, ("SUSPECT", 2): 1, ("B", 3): 1})
+
+
 def test_a_transient_failure_fails_the_write_and_a_retry_sends_the_rest(sink, kafka_server, topics, stats):
     from confluent_kafka import KafkaError
 
