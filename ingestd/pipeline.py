@@ -67,7 +67,7 @@ import logging
 import math
 from collections import deque
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import trio
 
@@ -78,6 +78,7 @@ from ingestd.sinks.spool import Spool, SpoolError
 from ingestd.stats import StatsRegistry, now_us
 
 logger = logging.getLogger("ingestd.pipeline")
+T = TypeVar("T")
 
 # An idle writer still proves it is alive this often (the watchdog reads heartbeats); a writer stuck
 # in a sink call does not, which is the point. A runner waiting for a dead sink while it spools is
@@ -710,6 +711,18 @@ class Router(trio.abc.AsyncResource):
         """The sinks behind this router, in config order: for a feed that keeps reference data in
         its own store (the Polymarket whales table), never for writing records around the runners."""
         return [runner.sink for runner in self._runners]
+
+    def store_in_sinks(self, open_store: Callable[[Sink], T | None], name: str = "") -> T | None:
+        """A feed's reference table (whales, DEX pools) in the store it writes to: `open_store` of
+        the sink called `name`, or of the first sink it accepts (it returns None for sinks that
+        cannot hold the table, such as Redis or Kafka)."""
+        for sink in self.sinks:
+            if name and sink.name != name:
+                continue
+            store = open_store(sink)
+            if store is not None:
+                return store
+        return None
 
     async def send(self, records: list[Record]) -> None:
         """Hand a chunk to every runner. A runner with room takes it at once (a slow or dead sink's
