@@ -1,9 +1,16 @@
-"""The Uniswap v3 feed: polls The Graph for each configured pool every `poll_interval_s`.
+"""The Uniswap v3 feed: polls The Graph for each followed pool every `poll_interval_s`.
 
     UniswapFeed.run
     ├── heartbeat      beats feed.uniswap while the event loop and the feed are alive
+    ├── pools loader   reads the dex_pools table every `pools_reload_s`
     └── scheduler      one poll at a time (scheduled, triggered or after resume), the only sender
                        to the router
+
+Pools followed: the configured `pools` (or the operator's list, `update_symbols`) plus the rows of
+the `dex_pools` table for `chain` in the SQL store the feed writes to (pools.py; `pools_sink`). The
+table is read before the first poll and again every `pools_reload_s`; a change applies from the next
+poll on. A table that cannot be read keeps the pools followed so far (at start: the configured ones),
+with a rate-limited warning and `uniswap.pools_load_errors` counted.
 
 A poll reads every pool in turn (protocol.py: the pool, then its ticks in the ±2 % window, paged
 and pinned to the pool's block) and sends one DexMetric per complete read. Any failure of a read
@@ -28,6 +35,7 @@ from ingestd.secrets import reveal
 from ingestd.stats import StatsRegistry, now_us
 from ingestd.venues.uniswap import protocol
 from ingestd.venues.uniswap.depth import tick_window
+from ingestd.venues.uniswap.pools import PoolStore, normalize, store_for_sink_object
 
 FAMILY = "uniswap"
 log = logging.getLogger("ingestd.uniswap")
@@ -45,11 +53,17 @@ class _ReadFailed(Exception):
 
 
 class UniswapFeed:
-    def __init__(self, cfg: Any, router: Router, stats: StatsRegistry, *, resume: dict[str, int] | None = None) -> None:
+    def __init__(self, cfg: Any, router: Router, stats: StatsRegistry, *, resume: dict[str, int] | None = None,
+                 store: PoolStore | None = None) -> None:
         self.cfg = cfg
         self.router = router
         self.stats = stats
-        self.symbols: list[str] = list(cfg.pools)
+        if store is None and router is not None:  # the dex_pools table lives in the SQL store it writes to
+            store = router.store_in_sinks(store_for_sink_object, getattr(cfg, "pools_sink", ""))
+        self.store = store
+        self._configured: list[str] = list(cfg.pools)  # config, or the operator's list (update_symbols)
+        self._from_table: list[str] = []  # the dex_pools rows as last read
+        self.symbols: list[str] = list(self._configured)  # what the next poll reads
         self._key = reveal(cfg.api_key)
         self._url = protocol.endpoint(reveal(cfg.gateway_url), cfg.subgraph_id, self._key)
         self._http: httpx.AsyncClient | None = None
@@ -70,16 +84,24 @@ class UniswapFeed:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         if not self._key and "gateway.thegraph.com" in str(self.cfg.gateway_url):
             log.warning("no API key for The Graph's gateway: set THEGRAPH_API_KEY or feeds.uniswap.api_key")
+        if self.store is None and not self._configured:
+            log.warning("no pools to poll: pools is empty and the feed writes to no sqlite or postgres sink "
+                        "whose dex_pools table could list some")
         self.stats.set_gauge(f"{FAMILY}.connections_planned", 1)
-        self.stats.set_gauge(f"{FAMILY}.pools", len(self.symbols))
+        self._set_symbols()
+        await self._load_pools()  # before the first poll; unreadable: the configured pools only
         async with httpx.AsyncClient(timeout=self.cfg.request_timeout_s) as http:
             self._http = http
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._scheduler)
-                    log.info("uniswap feed starting", extra={"pools": len(self.symbols),
-                                                             "interval_s": self.cfg.poll_interval_s})
+                    if self.store is not None:
+                        nursery.start_soon(self._pools_loader)
+                    log.info("uniswap feed starting", extra={
+                        "pools": len(self.symbols), "pools_from_table": len(self._from_table),
+                        "interval_s": self.cfg.poll_interval_s,
+                        "pools_store": self.store.description if self.store else "none"})
                     task_status.started()
             finally:
                 self._cstats.state = "closed"
@@ -99,11 +121,9 @@ class UniswapFeed:
         self._wedged = True
 
     async def update_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
-        new = list(dict.fromkeys(p.lower() for p in wanted)) or list(self.cfg.pools)
-        added = [p for p in new if p not in self.symbols]
-        removed = [p for p in self.symbols if p not in new]
-        self.symbols = new
-        self.stats.set_gauge(f"{FAMILY}.pools", len(new))
+        """Replace the configured pools (an empty list: back to `pools`); the dex_pools rows stay."""
+        self._configured = list(dict.fromkeys(p.lower() for p in wanted)) or list(self.cfg.pools)
+        added, removed = self._set_symbols()
         if added:
             self._kick.set()  # read the new pools now, not in up to poll_interval_s
         return added, removed
@@ -122,6 +142,56 @@ class UniswapFeed:
     async def trigger(self) -> dict:
         """One poll of every pool now, outside the schedule (waits for a poll in flight first)."""
         return await self._poll()
+
+    # --- pools ----------------------------------------------------------------------------------
+
+    def _set_symbols(self) -> tuple[list[str], list[str]]:
+        """Follow the configured pools plus the table's, from the next poll on; (added, removed)."""
+        new = list(dict.fromkeys(self._configured + self._from_table))
+        added = [p for p in new if p not in self.symbols]
+        removed = [p for p in self.symbols if p not in new]
+        self.symbols = new
+        for pool in removed:  # no stale last-event time for a pool no longer read
+            self.stats.last_event_us.pop((FAMILY, pool), None)
+        self.stats.set_gauge(f"{FAMILY}.pools", len(new))
+        self.stats.set_gauge(f"{FAMILY}.pools_from_table", len(self._from_table))
+        self._cstats.streams = len(new)
+        return added, removed
+
+    async def _load_pools(self) -> bool:
+        """Read the dex_pools table and follow its pools from the next poll on; False (the pools
+        followed stay as they are) if it cannot be read."""
+        if self.store is None:
+            return True
+        store, chain = self.store, self.cfg.chain
+        try:
+            # Abandoned on cancel: a read changes nothing, and a database that hangs must not
+            # hold up a shutdown.
+            rows = await trio.to_thread.run_sync(store.load, chain, abandon_on_cancel=True)
+        except Exception as exc:  # a database that is down, locked or not migrated yet: keep what we have
+            self.stats.incr(f"{FAMILY}.pools_load_errors")
+            self._rl.log(log, logging.WARNING, "pools_load", "cannot read the dex_pools table; the pools followed stay",
+                         store=store.description, error=repr(exc)[:300], pools=len(self.symbols))
+            return False
+        pools, bad = normalize(rows)
+        if bad:
+            self.stats.incr(f"{FAMILY}.pools_bad_rows", len(bad))
+            self._rl.log(log, logging.WARNING, "pools_bad_rows", "dex_pools rows without a pool address skipped",
+                         store=store.description, chain=chain, rows=len(bad), example=repr(bad[0])[:100])
+        self._from_table = pools
+        added, removed = self._set_symbols()
+        if added or removed:
+            log.info("pools from the dex_pools table changed", extra={
+                "added": ",".join(added), "removed": ",".join(removed), "pools": len(self.symbols)})
+        return True
+
+    async def _pools_loader(self) -> None:
+        while True:
+            with trio.move_on_after(self.cfg.pools_reload_s):
+                await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            await self._load_pools()
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -167,7 +237,8 @@ class UniswapFeed:
                         continue
                     await self.router.send([metric])
                     stored += 1
-                    self.stats.last_event_us[(FAMILY, pool)] = metric.recv_us
+                    if pool in self.symbols:  # not dropped (table reload, update_symbols) while read
+                        self.stats.last_event_us[(FAMILY, pool)] = metric.recv_us
             self._poll_scope = None
             self.stats.incr(f"{FAMILY}.polls")
             self.stats.incr(f"{FAMILY}.records", stored)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from ingestd.config import FeedConfig, Integer, ListOf, Number, Text, Url, feed_family, option
+from ingestd.config import FeedConfig, Integer, ListOf, Number, Text, Url, _ok, feed_family, option
 from ingestd.secrets import Secret
 
 POOL_ADDRESS = Text("a pool address, 0x and 40 lowercase hex digits", r"0x[0-9a-f]{40}", accepts_secret=False)
@@ -30,11 +30,16 @@ class UniswapFeedConfig(FeedConfig):
         env="THEGRAPH_API_KEY",
     )
     chain: str = option("ethereum", Text("a chain name", r"[a-z0-9-]+", accepts_secret=False),
-                        "chain stored with every row")
+                        "chain stored with every row; the dex_pools rows of this chain are polled")
     pools: tuple[str, ...] = option(
         ("0x88e6a0c2ddd26feeb64f039a2c41296fcb3f5640",), ListOf(POOL_ADDRESS, "pool addresses"),
-        "pools to poll (default: USDC/WETH 0.05 %)",
+        "pools always polled, besides the rows of the dex_pools table for `chain` (default: USDC/WETH 0.05 %)",
     )
+    pools_sink: str = option(
+        "", Text("a sink name", r"\S*", accepts_secret=False),
+        'the sink whose database holds the dex_pools table; "" = the first sqlite or postgres sink in sinks',
+    )
+    pools_reload_s: float = option(300.0, Number(1, 86_400), "how often the dex_pools table is read again")
     poll_interval_s: float = option(300.0, Number(1, 86_400), "seconds between polls of every pool")
     tick_page_size: int = option(1000, Integer(1, 1000), "ticks per GraphQL page (The Graph allows at most 1000)")
     request_timeout_s: float = option(30.0, Number(0.5, 600), "give up on one GraphQL request after this long")
@@ -45,7 +50,7 @@ class UniswapFeedConfig(FeedConfig):
     @classmethod
     def cross_check(cls, values: Mapping[str, Any], context: Any) -> Iterator[tuple[str, str]]:
         yield from super().cross_check(values, context)
-        pools = values["pools"]
-        if isinstance(pools, tuple) and not pools:
-            yield "pools", "expected at least one pool address"
+        sink, sinks = values["pools_sink"], values["sinks"]
+        if _ok(sink, sinks) and sink and sink not in sinks:
+            yield "pools_sink", f'"{sink}" is not one of this feed\'s sinks ({", ".join(sinks)})'
 
