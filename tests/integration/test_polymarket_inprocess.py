@@ -180,6 +180,32 @@ async def test_trigger_polls_every_whale_now():
         nursery.cancel_scope.cancel()
 
 
+class UnreadableWhales:
+    """A whales table that cannot be read (database down, or not migrated yet)."""
+    description = "unreadable"
+
+    def load(self, enabled_only: bool = False):
+        raise ConnectionError("database is down")
+
+
+async def test_configured_whales_are_watched_while_the_whales_table_cannot_be_read():
+    config = PolySimConfig(seed=3, markets=2, whales=2, rate=40, whale_share=0.5)
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve, config)
+        whales = [w.address for w in sim.market.whales]
+        cfg = feed_config(sim, assets=[], whales=whales, poll_interval_s=0.3, follow_whale_markets=False)
+        stats = StatsRegistry("polymarket")
+        sink = CollectingSink()
+        runner = SinkRunner(sink, stats, batch_size=500, linger_s=0.01)
+        await nursery.start(runner.run)
+        feed = PolymarketFeed(cfg, Router([runner]), stats, store=UnreadableWhales())
+        await nursery.start(feed.run)
+        await wait_until(lambda: len(sink.of(WhaleTrade)) > 0, what="a configured whale's trade")
+        assert set(feed._whales) == {a.lower() for a in whales}
+        assert stats.counters["polymarket.whales_load_errors"] >= 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_pause_resume_reconnect_and_a_new_token_list_keep_the_tape_whole():
     config = PolySimConfig(seed=9, markets=3, whales=1, rate=40, whale_share=0.0)
     async with trio.open_nursery() as nursery:

@@ -173,6 +173,10 @@ class Channel:
                 if removed:
                     group.subscribed.difference_update(removed)
                     await conn.send_text(protocol.change_message(removed, "unsubscribe"))
+                if again:
+                    # Whether the venue answers a repeated subscribe with a new book is not documented;
+                    # after an unsubscribe it must, as for any new token.
+                    await conn.send_text(protocol.change_message(again, "unsubscribe"))
                 if added or again:
                     group.subscribed.update(added)
                     await conn.send_text(protocol.change_message(added + again, "subscribe"))

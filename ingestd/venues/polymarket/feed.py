@@ -141,7 +141,9 @@ class PolymarketFeed:
         self.router = router
         self.stats = stats
         self._resume_points = {k.lower(): v for k, v in (resume or {}).items()}
-        self.store = store if store is not None else _store_from_router(cfg, router)
+        if store is None and router is not None:  # the whales table lives in the SQL store it writes to
+            store = router.store_in_sinks(store_for_sink_object, getattr(cfg, "whales_sink", ""))
+        self.store = store
         self.symbols: list[str] = []
         self._running = trio.Event()
         self._running.set()
@@ -188,7 +190,9 @@ class PolymarketFeed:
                         async with trio.open_nursery() as producers:
                             self._producers = producers.cancel_scope
                             self._nursery, self._control_inbox = producers, inbox_send.clone()
-                            self._apply_whales(whales or {})
+                            if whales is None:  # the table is unreadable now: start with the configured whales
+                                whales = {normalize_address(a): None for a in cfg.whale_addresses}
+                            self._apply_whales(whales)
                             for asset in cfg.asset_ids:
                                 self._follow(asset, configured=True)
                             self._symbols_changed()
@@ -742,21 +746,6 @@ class PolymarketFeed:
             while True:
                 await trio.sleep(TICK_S)
                 await inbox.send(_TICK)
-
-
-def _store_from_router(cfg: Any, router: Router) -> WhaleStore | None:
-    """The whales table lives in the SQL store this instance writes to: the sink named by
-    `whales_sink`, else the first sqlite or postgres sink of the feed. (A feed is given its sinks
-    only as the router.)"""
-    sinks = router.sinks if router is not None else []
-    wanted = getattr(cfg, "whales_sink", "")
-    for sink in sinks:
-        if wanted and sink.name != wanted:
-            continue
-        store = store_for_sink_object(sink)
-        if store is not None:
-            return store
-    return None
 
 
 def _channel_depth(recv: trio.MemoryReceiveChannel) -> tuple[int, int]:

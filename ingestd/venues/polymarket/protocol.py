@@ -173,7 +173,7 @@ def _optional_price(text: str | None, what: str) -> float | None:
 def _millis(value: str | int, what: str = "timestamp") -> int:
     if isinstance(value, int):
         ms = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 16:
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         ms = int(value)
     else:
         raise _Bad(f"{what}: expected epoch milliseconds, got {value!r:.40}")
