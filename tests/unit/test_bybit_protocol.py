@@ -108,6 +108,7 @@ def test_dated_future_has_basis_and_no_funding():
     ({"symbol": "BTCUSDT", "openInterest": "1e400"}, "openInterest"),
     ({"symbol": "BTCUSDT", "fundingRate": "2"}, "fundingRate"),
     ({"symbol": "BTCUSDT", "nextFundingTime": "soon"}, "nextFundingTime"),
+    ({"symbol": "BTCUSDT", "nextFundingTime": "1673280000²"}, "nextFundingTime"),  # isdigit() but not int()
     ({"symbol": "BTCUSDT", "markPrice": 17217.33}, "markPrice"),  # a number, not Bybit's string
     ({"symbol": "ETHUSDT", "markPrice": "1"}, "ETHUSDT"),  # data of another contract
 ])
@@ -254,6 +255,14 @@ def test_recent_trades_page():
     ]
     with pytest.raises(rest.ResponseError):
         rest.parse_recent_trades(RECENT_TRADES, "ETHUSDT")
+
+
+def test_non_ascii_digits_in_rest_answers_are_refused_not_raised():
+    page = RECENT_TRADES.replace(b'"1672052955758"', '"167205295575\u00b2"'.encode())
+    assert page != RECENT_TRADES
+    with pytest.raises(rest.ResponseError):
+        rest.parse_recent_trades(page, "BTCUSDT")
+    assert rest.retry_after_s({"x-bapi-limit-reset-timestamp": "1002\u00b2"}, 1000.0) is None
 
 
 def test_rest_failures_are_told_apart():

@@ -176,7 +176,7 @@ class BybitSim:
         if symbol is None:
             return _error(10001, "params error: symbol is required")
         limit_text = q.get("limit", "500")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 1000:
             return _error(10001, "params error: limit must be 1 to 1000")
         return _ok({"category": "linear", "list": self.market.recent_trades(symbol, int(limit_text))})
 

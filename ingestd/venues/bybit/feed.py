@@ -674,6 +674,8 @@ class BybitFeed:
                 wait = min(wait, self.cfg.max_retry_after_s)
                 self._rl.log(log, logging.WARNING, "rate_limited", "REST rate limited by the venue, waiting",
                              path=path, status=exc.status, wait_s=round(wait, 2))
+                if attempts is not None and tries >= attempts:  # a venue that keeps refusing must not stall start-up
+                    raise _GiveUp(f"{path}: still rate limited after {tries} attempts")
                 await trio.sleep(wait)
                 continue
             except rest.Refused:

@@ -147,7 +147,7 @@ def decimal(text: str, name: str, *, low: float, high: float, low_inclusive: boo
 def _millis_as_us(text: str, name: str) -> int | None:
     if text in ("", "0"):
         return None  # no funding (dated futures)
-    if not text.isdigit() or len(text) > 15:
+    if not (text.isascii() and text.isdigit()) or len(text) > 15:
         raise BadValue(f"{name}: not epoch milliseconds: {text[:40]!r}")
     return int(text) * 1000
 

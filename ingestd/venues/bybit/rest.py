@@ -53,7 +53,7 @@ def retry_after_s(headers: Mapping[str, str], now_s: float) -> float | None:
         except ValueError:
             pass
     reset = headers.get("x-bapi-limit-reset-timestamp")
-    if reset is not None and reset.isdigit():
+    if reset is not None and reset.isascii() and reset.isdigit():
         return max(0.0, int(reset) / 1000 - now_s)
     return None
 
@@ -126,7 +126,7 @@ def parse_recent_trades(body: bytes, symbol: str, headers: Mapping[str, str] = {
         if item.symbol != symbol:
             raise ResponseError(f"trade of {item.symbol!r} in the page of {symbol!r}")
         side = {"Buy": "buy", "Sell": "sell"}.get(item.side)
-        if side is None or not item.execId or not item.time.isdigit():
+        if side is None or not item.execId or not (item.time.isascii() and item.time.isdigit()):
             raise ResponseError(f"unusable trade {item.execId!r}")
         try:
             price = decimal(item.price, "price", low=0.0, high=1e15, low_inclusive=False)
