@@ -75,7 +75,7 @@ class Params:
         value = self.text(name)
         if value is None:
             return default
-        if not value.isdigit() or len(value) > 20:
+        if not (value.isascii() and value.isdigit()) or len(value) > 20:
             raise ApiError(
                 400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
             )

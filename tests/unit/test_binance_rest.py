@@ -67,3 +67,26 @@ def test_budget_honours_retry_after_on_429_and_418():
     b.on_response(418, {"retry-after": "120"}, 101.0)
     assert b.delay_before(1, 102.0) == pytest.approx(119.0) and b.bans == 1
     assert b.delay_before(1, 222.0) == 0
+
+
+def test_after_a_block_the_first_request_goes_alone():
+    """Requests that all waited out a Retry-After must not leave together: one that reaches the
+    venue after the first one's new 429 earns a ban (418)."""
+    b = rest.WeightBudget()
+    b.on_response(429, {"retry-after": "1"}, 100.0)
+    assert b.delay_before(1, 101.0) == 0
+    assert b.spend(1, 101.0) is True  # the probe
+    assert b.delay_before(1, 101.0) == rest.PROBE_WAIT_S  # the others wait for its answer
+    b.on_response(429, {"retry-after": "5"}, 101.1, probe=True)
+    assert b.delay_before(1, 102.0) == pytest.approx(4.1)
+    assert b.spend(1, 106.2) is True  # the block is over: a new probe
+    b.on_response(200, {}, 106.3, probe=True)
+    assert b.delay_before(1, 106.3) == 0 and b.spend(1, 106.3) is False  # all clear: no more probes
+
+
+def test_a_probe_without_an_answer_hands_the_turn_on():
+    b = rest.WeightBudget()
+    b.on_response(429, {"retry-after": "1"}, 100.0)
+    assert b.spend(1, 101.0) is True
+    b.release(True)  # transport error or cancelled
+    assert b.delay_before(1, 101.0) == 0 and b.spend(1, 101.0) is True  # the next request probes

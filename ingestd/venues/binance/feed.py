@@ -188,6 +188,7 @@ class BinanceFeed:
         self._snapshots = _WorkQueue()
         self._http: httpx.AsyncClient | None = None  # set by run(), which owns its lifetime
         self._groups: list[_Group] = []
+        self._symbols_lock = trio.Lock()  # a reload and the pairs file may both change the list at once
         self._wedged = False
         self._retired: set[str] = set()  # symbols removed at runtime
         self._request_id = 0
@@ -235,7 +236,12 @@ class BinanceFeed:
 
         Removed symbols are unsubscribed on their connection and added ones subscribed on a
         connection with room (or a new one), with Binance's live SUBSCRIBE/UNSUBSCRIBE, under the
-        same outgoing-message rate limit. Returns (added, removed)."""
+        same outgoing-message rate limit. Returns (added, removed). Changes apply one at a time, in
+        the order they were asked for, so two of them never interleave their group edits."""
+        async with self._symbols_lock:
+            return await self._apply_symbols(wanted)
+
+    async def _apply_symbols(self, wanted: list[str]) -> tuple[list[str], list[str]]:
         new = await self._filter_symbols(wanted)
         keep = set(new)
         removed = [s for s in self.symbols if s not in keep]
@@ -793,15 +799,19 @@ class BinanceFeed:
                 self.stats.incr("binance.rest.throttled_waits")
                 await trio.sleep(delay)
                 continue
-            self._budget.spend(req.weight, time.time())
+            probe = self._budget.spend(req.weight, time.time())
             tries += 1
             try:
                 resp = await self._http.get(req.path, params=req.params)
             except httpx.HTTPError as exc:
+                self._budget.release(probe)
                 self.stats.incr("binance.rest.transport_errors")
                 self._rl.log(log, logging.WARNING, "rest_transport", "REST request failed", path=req.path, error=repr(exc))
+            except BaseException:
+                self._budget.release(probe)
+                raise
             else:
-                self._budget.on_response(resp.status_code, resp.headers, time.time())
+                self._budget.on_response(resp.status_code, resp.headers, time.time(), probe=probe)
                 self.stats.set_gauge("binance.rest.used_weight_1m", self._budget.used)
                 status = resp.status_code
                 if status == 200:

@@ -127,6 +127,9 @@ def parse_exchange_info(body: bytes) -> dict[str, str]:
 
 # --- the weight budget -----------------------------------------------------------------------------
 
+PROBE_WAIT_S = 0.05  # how often requests held behind the probe look again
+
+
 class WeightBudget:
     """Decides how long to wait before spending `weight`; fed back by every response.
 
@@ -140,10 +143,17 @@ class WeightBudget:
         self.window = -1  # minute number the `used` figure belongs to
         self.blocked_until = 0.0
         self.bans = 0  # 418s seen: each one means we were too slow to back off
+        # After a 429/418 block the first request goes alone: requests that all waited for the
+        # block to end would otherwise leave together, and any that reaches the venue after the
+        # first one's new 429 is "failing to back off", which Binance answers with a ban (418).
+        self._probe_due = False
+        self._probe_out = False
 
     def delay_before(self, weight: int, now: float) -> float:
         if now < self.blocked_until:
             return self.blocked_until - now
+        if self._probe_out:
+            return PROBE_WAIT_S
         minute = int(now // 60)
         if minute != self.window:
             self.window, self.used = minute, 0
@@ -151,21 +161,34 @@ class WeightBudget:
             return (minute + 1) * 60 - now + 0.05
         return 0.0
 
-    def spend(self, weight: int, now: float) -> None:
-        """Reserve weight for a request about to be sent (before its response reports usage)."""
+    def spend(self, weight: int, now: float) -> bool:
+        """Reserve weight for a request about to be sent (before its response reports usage).
+        True if it is the probe after a block: pass that to `on_response` or `release`."""
         minute = int(now // 60)
         if minute != self.window:
             self.window, self.used = minute, 0
         self.used += weight
+        if self._probe_due:
+            self._probe_due, self._probe_out = False, True
+            return True
+        return False
 
-    def on_response(self, status: int, headers: dict[str, str], now: float) -> None:
+    def release(self, probe: bool) -> None:
+        """A request that got no response (transport error, cancelled)."""
+        if probe:
+            self._probe_out, self._probe_due = False, True
+
+    def on_response(self, status: int, headers: dict[str, str], now: float, probe: bool = False) -> None:
+        if probe:
+            self._probe_out = False
         used = headers.get("x-mbx-used-weight-1m")
-        if used is not None and used.isdigit() and int(now // 60) == self.window:
+        if used is not None and used.isascii() and used.isdigit() and int(now // 60) == self.window:
             # The server's figure wins: other clients on the same IP spend from the same budget.
             self.used = max(self.used, int(used))
         if status in (429, 418):
             if status == 418:
                 self.bans += 1
             retry_after = headers.get("retry-after", "")
-            wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 60.0
+            wait = float(retry_after) if retry_after.isascii() and retry_after.replace(".", "", 1).isdigit() else 60.0
             self.blocked_until = max(self.blocked_until, now + wait)
+            self._probe_due = True
