@@ -109,6 +109,8 @@ class Instance:
         self.stats = stats or StatsRegistry(instance)
         self.notifier = Notifier()
         self.feed: Any = None
+        self.feed_started = False
+        self._reload_lock = trio.Lock()  # SIGHUPs in a row apply one after another
         daemon = config.daemon
         self.sinks = [build_sink(n, config.sinks[n], state_dir=state_dir, stats=self.stats) for n in self.feed_cfg.sinks]
         self.runners = [
@@ -136,7 +138,7 @@ class Instance:
         work = trio.CancelScope()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
             async with trio.open_nursery() as outer:
-                outer.start_soon(self._watch_signals, signals, stop, work)
+                outer.start_soon(self._watch_signals, signals, stop, work, outer)
                 with work:
                     async with trio.open_nursery() as nursery:
                         await self._start(nursery, stop, work, on_started, ops)
@@ -174,21 +176,16 @@ class Instance:
             log.info("resuming from stored checkpoints", extra={"symbols": len(resume)})
         self.feed = feed = make_feed(self.family, self.feed_cfg, self.router, self.stats, resume)
         feed_done = trio.Event()
+        starting = trio.CancelScope()  # a stop while the feed is still starting ends its start-up
+        aux = trio.CancelScope()  # tasks that end when draining starts
+        services = trio.CancelScope()  # the operator services: they end when the runners are done
+        draining = trio.Event()
 
         async def run_feed(task_status=trio.TASK_STATUS_IGNORED) -> None:
             try:
                 await feed.run(task_status=task_status)
             finally:
                 feed_done.set()
-
-        await nursery.start(run_feed)
-        # Everything allocated so far (modules, clients, schemas) lives as long as the process: take
-        # it out of the collector's reach, so full collections stop pausing every thread for 10-40 ms.
-        gc.freeze()
-        log.info("instance started", extra={"instance": self.instance, "sinks": ",".join(self.feed_cfg.sinks)})
-        aux = trio.CancelScope()  # tasks that end when draining starts
-        services = trio.CancelScope()  # the operator services: they end when the runners are done
-        draining = trio.Event()
 
         async def run_services(task_status=trio.TASK_STATUS_IGNORED) -> None:
             from ingestd.ops import run_ops
@@ -210,6 +207,7 @@ class Instance:
 
         async def drain_when_stopped() -> None:
             await stop.wait()
+            starting.cancel()
             self.controls.mark_draining()
             self.notifier.stopping()
             draining.set()
@@ -226,10 +224,22 @@ class Instance:
             await runners_done.wait()
             services.cancel()
 
+        # Armed before the feed starts: a start-up that waits on the venue (rate limits, an
+        # unreachable host) must still end promptly on SIGTERM, and drain what it has made.
+        nursery.start_soon(drain_when_stopped)
+        with starting:
+            await nursery.start(run_feed)
+        if starting.cancelled_caught:
+            log.info("stopped while starting", extra={"instance": self.instance})
+            return
+        self.feed_started = True
+        # Everything allocated so far (modules, clients, schemas) lives as long as the process: take
+        # it out of the collector's reach, so full collections stop pausing every thread for 10-40 ms.
+        gc.freeze()
+        log.info("instance started", extra={"instance": self.instance, "sinks": ",".join(self.feed_cfg.sinks)})
         if ops:
             await nursery.start(run_services)
         nursery.start_soon(run_aux)
-        nursery.start_soon(drain_when_stopped)
 
     async def _announce_ready(self) -> None:
         """READY=1 once every planned connection is up (sinks are open or spooling by now), or after
@@ -245,11 +255,13 @@ class Instance:
         self.notifier.ready(f"{self.instance}: running")
         log.info("ready", extra={"instance": self.instance})
 
-    async def _watch_signals(self, signals, stop: trio.Event, work: trio.CancelScope) -> None:
+    async def _watch_signals(self, signals, stop: trio.Event, work: trio.CancelScope, nursery: trio.Nursery) -> None:
+        # Never awaits anything slow itself: a reload runs as its own task, so a SIGTERM right
+        # behind a SIGHUP is acted on at once.
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                await self.reload()
+                nursery.start_soon(self._reload_unless_stopping, stop)
             elif signum == signal.SIGUSR2:
                 log.warning("SIGUSR2: wedging the feed on purpose (watchdog drill)")
                 if self.feed is not None:
@@ -261,12 +273,21 @@ class Instance:
                 log.warning("second signal: stopping now", extra={"signal": name})
                 work.cancel()
 
+    async def _reload_unless_stopping(self, stop: trio.Event) -> None:
+        async with self._reload_lock:
+            if stop.is_set():
+                log.warning("reload ignored: the instance is stopping")
+            elif not self.feed_started:
+                log.warning("reload ignored: the feed is still starting; send SIGHUP again once ready")
+            else:
+                await self.reload()
+
     async def reload(self) -> None:
         """Re-read the config file and apply the feed's symbol list; other changes need a restart."""
         self.notifier.reloading()
         try:
             try:
-                config = load_config(self.config.source)
+                config = await trio.to_thread.run_sync(load_config, self.config.source)
                 _, new = config.feed_for_instance(self.instance)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running configuration",
@@ -286,5 +307,6 @@ class Instance:
             # A reload is an operator's request; whatever goes wrong, the running feed carries on.
             log.exception("reload failed, keeping the running configuration")
         finally:
-            self.notifier.ready(f"{self.instance}: {self.controls.state}")
+            if not self.controls.draining:  # a reload cut short by SIGTERM must not undo STOPPING=1
+                self.notifier.ready(f"{self.instance}: {self.controls.state}")
             self.controls.changed.unpark_all()  # and the full STATUS= line right after
