@@ -7,7 +7,10 @@ Who may do what:
   * connecting at all is decided by the file mode: 0660, so the daemon's user and group (and root);
   * `snapshot` and `subscribe` are for everyone who can connect;
   * `control` verbs only for a peer that is uid 0 or whose gid or supplementary groups include
-    `admin_group`, checked with SO_PEERCRED (+ /proc/<pid>/status), before any verb is looked up.
+    `admin_group`, checked with SO_PEERCRED and SO_PEERGROUPS before any verb is looked up. Both
+    are the kernel's record of the peer at connect(), mapped into our user namespace, so they hold
+    under the unit's PrivateUsers=yes and ProtectProc=invisible, where /proc/<pid>/status of the
+    peer is hidden from us (that is only the fallback, for kernels older than 4.13).
     Others get ok=false, "permission denied", and the daemon logs the refusal.
 
 What each verb does is the daemon's business (`controls`, see ingestd.controls); a handler that
@@ -55,16 +58,24 @@ ONE_SHOT_CACHE_S = 0.05  # a burst of `snapshot` requests shares one registry wa
 RECEIVE_BYTES = 65536
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python's socket module lacks it
+_GID = struct.Struct("I")
+_PEERGROUPS_BYTES = _GID.size * 65536  # NGROUPS_MAX: one call always has room
 
 
 # --- peer credentials ----------------------------------------------------------------------------
 
 
-def peer_credentials(sock: Any) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a connected AF_UNIX socket, as the kernel
-    recorded them at connect()."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return _PEERCRED.unpack(raw)
+def peer_credentials(sock: Any) -> tuple[int, int, int, frozenset[int]]:
+    """(pid, uid, gid, supplementary groups) of the process at the other end of a connected AF_UNIX
+    socket, as the kernel recorded them at connect()."""
+    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BYTES)
+        groups = frozenset(g for (g,) in _GID.iter_unpack(raw[: len(raw) // _GID.size * _GID.size]))
+    except OSError:  # ENOPROTOOPT before Linux 4.13
+        groups = frozenset(supplementary_groups(pid))
+    return pid, uid, gid, groups
 
 
 def supplementary_groups(pid: int) -> set[int]:
@@ -73,7 +84,7 @@ def supplementary_groups(pid: int) -> set[int]:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:] if g.isdigit()}
+                    return {int(g) for g in line.split()[1:] if g.isascii() and g.isdigit()}
     except OSError:
         pass
     return set()
@@ -89,12 +100,12 @@ def resolve_group(name: str | None) -> int | None:
         return None
 
 
-def may_control(pid: int, uid: int, gid: int, admin_gid: int | None) -> bool:
+def may_control(uid: int, gid: int, groups: frozenset[int], admin_gid: int | None) -> bool:
     if uid == 0:
         return True
     if admin_gid is None:
         return False
-    return gid == admin_gid or admin_gid in supplementary_groups(pid)
+    return gid == admin_gid or admin_gid in groups
 
 
 # --- the socket file -----------------------------------------------------------------------------
@@ -146,7 +157,7 @@ def _remove_if_ours(path: Path, ino: int) -> None:
 class _Client:
     __slots__ = ("n", "peer", "outbox", "scope", "interval_ms", "subscribed_at", "dropped")
 
-    def __init__(self, n: int, peer: tuple[int, int, int] | None, outbox: trio.MemorySendChannel[bytes]) -> None:
+    def __init__(self, n: int, peer: tuple[int, int, int, frozenset[int]] | None, outbox: trio.MemorySendChannel[bytes]) -> None:
         self.n = n
         self.peer = peer
         self.outbox = outbox
@@ -156,7 +167,7 @@ class _Client:
         self.dropped = False
 
     def fields(self) -> dict[str, Any]:
-        pid, uid, gid = self.peer if self.peer else (None, None, None)
+        pid, uid, gid, _ = self.peer if self.peer else (None, None, None, None)
         return {"client": self.n, "pid": pid, "uid": uid, "gid": gid}
 
     def offer(self, data: bytes) -> None:
@@ -313,7 +324,7 @@ class _StatsServer:
             return p.Result(ok=ok, error=error, verb=req.verb, data=data, id=req.id)
 
         fields = {**client.fields(), "verb": req.verb[:64]}
-        if client.peer is None or not may_control(*client.peer, self.admin_gid):
+        if client.peer is None or not may_control(*client.peer[1:], self.admin_gid):
             log.warning("stats socket: control verb refused: permission denied", extra=fields)
             return result(False, "permission denied")
         handler = self.controls.get(req.verb)
