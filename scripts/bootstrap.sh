@@ -61,3 +61,22 @@ fi
 if [ $want_test -eq 1 ] && [ ${#TEST_DEBS[@]} -gt 0 ]; then
     apt_install_missing "${TEST_DEBS[@]}"
 fi
+
+# promtool checks the shipped Prometheus alert rules. It comes only inside Debian's `prometheus`
+# package, whose installation would also start a Prometheus server; so the package is downloaded
+# and just that one static binary is unpacked into the venv.
+unpack_promtool() {
+    local work
+    work=$(mktemp -d)
+    chmod 755 "$work"  # apt downloads as the _apt user where it can
+    (cd "$work" && apt-get download -qq prometheus 2>/dev/null) &&
+        dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -xO ./usr/bin/promtool > .venv/bin/promtool.new &&
+        chmod 755 .venv/bin/promtool.new && mv .venv/bin/promtool.new .venv/bin/promtool
+    local status=$?
+    rm -rf "$work" .venv/bin/promtool.new
+    return $status
+}
+if [ $want_test -eq 1 ] && ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
+    echo "bootstrap: unpacking promtool from Debian's prometheus package into .venv/bin"
+    unpack_promtool || echo "bootstrap: could not get promtool; the alert-rule test will be skipped" >&2
+fi

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # What the root file system holds besides minbase: systemd as init, and python3.11, which the
 # package depends on, so `apt install ./ingestd_*.deb` needs nothing from the network.
-ROOTFS_INCLUDE = "systemd,systemd-sysv,dbus,python3,libgcc-s1"
+ROOTFS_INCLUDE = "systemd,systemd-sysv,dbus,python3,libgcc-s1,procps"
 ROOTFS_RECIPE = f"debootstrap --variant=minbase --include={ROOTFS_INCLUDE} bookworm; apt-get update"
 MASKED_UNITS = (
     "getty.target", "getty@.service", "serial-getty@.service", "console-getty.service",
@@ -142,7 +142,9 @@ class Machine:
             pivot_root . .oldroot
             umount -l /.oldroot
             rmdir /.oldroot
-            exec /lib/systemd/systemd --system --unit=multi-user.target
+            # container= tells systemd it is not the host's init: it then leaves swap, devices,
+            # the kernel's settings and the machine's power alone (systemctl poweroff ends only us).
+            exec env container=ingestd-test /lib/systemd/systemd --system --unit=multi-user.target
         """
         console = open(self.workdir / "console.log", "wb")
         self._unshare = subprocess.Popen(

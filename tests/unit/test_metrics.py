@@ -246,13 +246,15 @@ import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "packaging" / "prometheus" / "ingestd-alerts.yml"
 DASHBOARD = REPO / "packaging" / "grafana" / "ingestd-dashboard.json"
-PROMTOOL = shutil.which("promtool")
+# On PATH, or unpacked into the venv by `scripts/bootstrap.sh --test`.
+PROMTOOL = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
 
 # Series as Prometheus stores them after a scrape: our labels plus the target's job and instance.
 _T = 'job="ingestd",instance="h:8099",ingestd_instance="binance"'
@@ -378,7 +380,7 @@ def _without_annotations(rules_text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not found (scripts/bootstrap.sh --test unpacks it into .venv/bin)")
 def test_prometheus_rules_are_valid_and_fire_as_the_engine_does(tmp_path):
     check = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
