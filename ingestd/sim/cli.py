@@ -34,7 +34,7 @@ example: a hostile venue for a resilience drill
 
 
 def _symbols(text: str) -> list[str] | int:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
     if not symbols:
