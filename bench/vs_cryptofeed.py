@@ -60,16 +60,27 @@ def make_tls_files(directory: Path) -> tuple[str, str]:
     server_pem, ca_pem = directory / "server.pem", directory / "ca.pem"
     ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
     ca.cert_pem.write_to_path(str(ca_pem))
+    _ENV_BEFORE_TLS.update({k: os.environ[k] for k in _TRUSTED_FOR_SIMULATOR if k in os.environ})
     os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca_pem)
     return str(server_pem), str(ca_pem)
 
 
+_TRUSTED_FOR_SIMULATOR = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+_ENV_BEFORE_TLS: dict[str, str] = {}  # those variables as they were before trusting the throwaway CA
+
+
 def cryptofeed_python() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
+    python, installed = VENV / "bin" / "python", VENV / "installed"
+    if not installed.exists():  # a marker, so an install cut short is redone
         print(f"making cryptofeed's venv in {VENV} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "cryptofeed==2.4.*", "redis", "asyncpg"], check=True)
+        # pip talks to the package index with the environment the bench started with: the
+        # throwaway CA trusted for the simulator (SSL_CERT_FILE) would refuse the index's certificate.
+        env = {k: v for k, v in os.environ.items() if k not in _TRUSTED_FOR_SIMULATOR}
+        env.update(_ENV_BEFORE_TLS)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, env=env)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "cryptofeed==2.4.*", "redis", "asyncpg"],
+                       check=True, env=env)
+        installed.touch()
     return python
 
 
