@@ -458,6 +458,12 @@ class SinkConfig(Section):
         Choice("block", "drop_oldest"),
         "full spool: block (backpressure to the feed; resume refetches) or drop_oldest (logged, counted)",
     )
+    max_stall_ms: int = option(
+        500,
+        Integer(0, 10_000),
+        "a feed's only sink, healthy but behind a burst, makes it wait this long for room before "
+        "diverting to the spool; 0 diverts at once",
+    )
 
 
 @sink_type("sqlite")

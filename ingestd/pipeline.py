@@ -12,7 +12,8 @@ after its first record arrived, and stores it from a worker thread; meanwhile ba
 the sink never waits on Python and Python never waits on the sink.
 
 Diverted path (runners with a spool). When a runner's queue is full, or its sink keeps failing for
-`spool_after_s`, the runner *diverts*: in one synchronous step (no await, so nothing can slip in
+`spool_after_s`, the runner *diverts* (a runner that is its Router's only one first lets a full
+queue make the feed wait, up to `max_stall_s`, while its sink is healthy; see "Backpressure"): in one synchronous step (no await, so nothing can slip in
 between) it moves everything it holds in memory - a copy of the batch being written, the batch being
 built, the queue - to `pending`, in order, and from then on every new chunk goes to `pending` too. A
 spooler task appends `pending` to the disk spool in whole batches. So the spool always holds one
@@ -38,16 +39,24 @@ checkpointed anywhere, and the feed refetches it on the next start.
 
 Backpressure and bounds. Per runner, memory holds at most the batch being written, the batch being
 built, `capacity` chunks in the queue and `2 * capacity + 2` chunks in `pending`. `Router.send`
-never waits on a slow or dead sink: it waits only for a runner whose `pending` is full, which
-happens when the disk is slower than the feed or, with `spool_when_full = "block"`, when the spool
-is full. Then `send` waits for that runner (after handing the chunk to the others), so the feed -
-one stream for all its sinks - slows to what the blocked sink's spool takes, and the other sinks
-get data at that pace. The feed stops reading its sockets, TCP pushes back on the venue, and the
-systemd watchdog, gated on feed heartbeats, restarts the service if that lasts; a venue that
-disconnects us is reconnected, and gaps are refetched (backfill/resume). `drop_oldest` never waits
-(the oldest spooled data of that sink is lost instead, counted). A runner without a spool (tests,
-`spool_dir=None`) keeps the plain behaviour: a full queue makes `send` wait, a failing batch is
-retried until it is stored, and nothing overtakes it.
+waits on a runner only when that runner's `pending` is full, which happens when the disk is slower
+than the feed or, with `spool_when_full = "block"`, when the spool is full. Then `send` waits for
+that runner (after handing the chunk to the others), so the feed - one stream for all its sinks -
+slows to what the blocked sink's spool takes, and the other sinks get data at that pace. The feed
+stops reading its sockets, TCP pushes back on the venue, and the systemd watchdog, gated on feed
+heartbeats, restarts the service if that lasts; a venue that disconnects us is reconnected, and
+gaps are refetched (backfill/resume). `drop_oldest` never waits (the oldest spooled data of that
+sink is lost instead, counted). A runner without a spool (tests, `spool_dir=None`) keeps the plain
+behaviour: a full queue makes `send` wait, a failing batch is retried until it is stored, and
+nothing overtakes it.
+
+A Router's only runner may also make `send` wait briefly, since that holds back no other sink: a
+full queue in front of a sink whose last call succeeded makes the feed wait for room, up to
+`max_stall_s`, before the runner diverts. A sink that is merely slower than a burst frees room with
+every batch it takes, so it stays live (diverting it would cost an fsynced append and a read-back
+of every record, and halved the durable rate of a long blast in bench/vs_cryptofeed.py); a hung
+sink frees none and is diverted after `max_stall_s`. With several runners a full queue diverts at
+once, so a slow sink never holds back the others beyond its own buffer.
 
 Shutdown. When every Router attached to a runner is closed, the runner drains: it writes what it
 holds (or spools it, if the sink keeps failing) and replays its spool, retrying a failing sink,
@@ -114,6 +123,7 @@ class SinkRunner:
         spool_when_full: str = "block",
         spool_after_s: float = 5.0,
         spool_fsync: bool = True,
+        max_stall_s: float = 0.5,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -123,6 +133,8 @@ class SinkRunner:
             raise ValueError("capacity must be a whole number of chunks: no unbounded queues")
         if spool_after_s < 0:
             raise ValueError("spool_after_s must not be negative")
+        if max_stall_s < 0:
+            raise ValueError("max_stall_s must not be negative")
         Backoff(retry_base_s, retry_cap_s)  # validate now rather than at the first failure
         self.sink = sink
         self.stats = stats
@@ -132,6 +144,7 @@ class SinkRunner:
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.spool_after_s = spool_after_s
+        self.max_stall_s = max_stall_s
         self.spool: Spool | None = None
         if spool_dir is not None:
             self.spool = Spool(
@@ -145,6 +158,7 @@ class SinkRunner:
         self._queue: deque[list[Record]] = deque()
         self._inflight: list[Record] | None = None
         self._inflight_spooled = False
+        self._full_since = math.inf  # when a sole sink's full buffer first made a producer wait
         # Diverted path: chunks waiting for the spooler, oldest first, with their arrival time.
         self._diverted = False
         self._pending: deque[tuple[float, list[Record]]] = deque()
@@ -180,6 +194,7 @@ class SinkRunner:
         self._component = f"sink.{name}"
         self._write_errors = f"sink.{name}.write_errors"
         self._state_gauge = f"sink.{name}.state"
+        self._stalls = f"sink.{name}.stalls"  # times a full buffer made the feed wait (see _may_stall)
         self._c = {k: f"spool.{name}.{k}" for k in (
             "spooled_batches", "spooled_records", "replayed_batches", "replayed_records",
             "diversions", "refused_records", "append_errors",
@@ -314,9 +329,12 @@ class SinkRunner:
 
     # --- producers -----------------------------------------------------------------------------
 
-    def _offer(self, chunk: list[Record]) -> bool:
+    def _offer(self, chunk: list[Record], sole: bool = False) -> bool:
         """Take a chunk without waiting, if there is room (True). Synchronous on purpose: deciding
-        between live and diverted and enqueueing is one step no other task can interleave with."""
+        between live and diverted and enqueueing is one step no other task can interleave with.
+
+        `sole`: this runner is the only one of the Router offering the chunk, so making the feed
+        wait holds back no other sink; see `_may_stall`."""
         if self._finished:
             raise trio.BrokenResourceError(f"sink {self.sink.name}: its runner has stopped")
         if not chunk:
@@ -334,16 +352,35 @@ class SinkRunner:
             self._queue.append(chunk)
         elif self.spool is None:
             return False  # plain backpressure
+        elif sole and self._may_stall():
+            return False  # brief backpressure: room comes with the writer's next batch
         else:
             self._divert("its buffer is full (the sink is slower than the feed)")
             self._add_pending(chunk, trio.current_time())
+        self._full_since = math.inf
         self._accepted_records += len(chunk)
         return True
 
-    async def _put(self, chunk: list[Record]) -> None:
+    def _may_stall(self) -> bool:
+        """A full buffer in front of a healthy sink that is merely slower than a burst: make the
+        feed wait for room, up to `max_stall_s` from the first refusal, rather than divert. Diverting
+        a sink that is up costs an fsynced append and a read-back of every record for nothing, and
+        under a long blast it halves the durable rate. A sink that is failing, or hung (no room for
+        `max_stall_s`), is diverted as before, so the venue socket is held back at most that long."""
+        if not self._sink_ok or self._closing or self._giving_up or self.max_stall_s <= 0:
+            return False
+        now = trio.current_time()
+        if self._full_since == math.inf:
+            self._full_since = now
+            self.stats.incr(self._stalls)
+        return now - self._full_since < self.max_stall_s
+
+    async def _put(self, chunk: list[Record], sole: bool = False) -> None:
         """Wait for room, then take the chunk (cancel-safe: a cancelled put takes nothing)."""
-        while not self._offer(chunk):
-            await self._room_lot.park()
+        while not self._offer(chunk, sole):
+            # A stalled producer wakes at the end of the stall budget to divert, room or not.
+            with trio.move_on_at(self._full_since + self.max_stall_s if sole else math.inf):
+                await self._room_lot.park()
 
     def _attach_producer(self) -> None:
         self._producers += 1
@@ -730,9 +767,10 @@ class Router(trio.abc.AsyncResource):
         spool, or a full "block" spool) makes `send` wait, after the others have the chunk."""
         if self._closed:
             raise trio.ClosedResourceError("this Router is closed")
-        waiting = [runner for runner in self._runners if not runner._offer(records)]
+        sole = len(self._runners) == 1
+        waiting = [runner for runner in self._runners if not runner._offer(records, sole)]
         for runner in waiting:
-            await runner._put(records)
+            await runner._put(records, sole)
         if not waiting:
             await trio.lowlevel.checkpoint()
 

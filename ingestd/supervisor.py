@@ -125,6 +125,7 @@ class Instance:
                 spool_dir=spool_dir_for(state_dir, sink.name, instance),
                 spool_max_bytes=config.sinks[sink.name].spool_max_bytes,
                 spool_when_full=config.sinks[sink.name].spool_when_full,
+                max_stall_s=config.sinks[sink.name].max_stall_ms / 1000,
             )
             for sink in self.sinks
         ]

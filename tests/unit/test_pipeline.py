@@ -493,6 +493,101 @@ async def test_a_slow_sink_does_not_hold_back_a_fast_one(tmp_path: Path, autojum
     assert spool_segments(tmp_path / "slow") == []
 
 
+class SteppedSink(MemorySink):
+    """A healthy sink that is slower than the feed: each write waits for the test to allow it."""
+
+    def __init__(self, name: str = "mem") -> None:
+        super().__init__(name)
+        self.allowed = threading.Semaphore(0)
+
+    def write(self, batch: Sequence[Record]) -> None:
+        if not self.allowed.acquire(timeout=10):
+            raise RuntimeError("the test never allowed this write")
+        super().write(batch)
+
+
+async def fill_a_sole_runner(router: Router, stats: StatsRegistry, name: str) -> None:
+    """batch_size 5, capacity 2: chunk 0 in the writer's thread, 1 the next batch, 2 and 3 the queue."""
+    for i in range(4):
+        await router.send(trades(i * 5, 5))
+        await wait_all_tasks_blocked()
+    assert stats.queue_depths()[f"sink.{name}"] == {"used": 2, "capacity": 2}
+
+
+@pytest.mark.trio
+async def test_a_sole_sink_slower_than_a_burst_makes_the_feed_wait_instead_of_spooling(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    sink, stats = SteppedSink(), StatsRegistry("test")
+    runner = spooled_runner(sink, stats, tmp_path / "spool", batch_size=5, linger_s=0, capacity=2, max_stall_s=1.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            async with Router([runner]) as router:
+                await fill_a_sole_runner(router, stats, "mem")
+                sent = trio.Event()
+
+                async def send_one_more() -> None:
+                    await router.send(trades(20, 5))
+                    sent.set()
+
+                nursery.start_soon(send_one_more)
+                await wait_all_tasks_blocked()
+                mock_clock.jump(0.9)  # most of the stall budget
+                await wait_all_tasks_blocked()
+                assert not sent.is_set() and runner.state == "live"
+                sink.allowed.release()  # the sink takes a batch: room, well within the budget
+                await sent.wait()
+                assert runner.state == "live"
+                for _ in range(8):
+                    sink.allowed.release()
+    finally:
+        for _ in range(8):
+            sink.allowed.release()
+    assert [r.trade_id for r in sink.records()] == list(range(25))
+    assert stats.counters["sink.mem.stalls"] == 1
+    assert "spool.mem.diversions" not in stats.counters and "spool.mem.spooled_batches" not in stats.counters
+
+
+@pytest.mark.trio
+async def test_a_sole_sink_that_hangs_is_diverted_once_the_stall_budget_is_spent(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    gate = threading.Event()
+    sink, stats = MemorySink(gate=gate), StatsRegistry("test")
+    runner = spooled_runner(sink, stats, tmp_path / "spool", batch_size=5, linger_s=0, capacity=2, max_stall_s=1.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            async with Router([runner]) as router:
+                await fill_a_sole_runner(router, stats, "mem")
+                sent = trio.Event()
+
+                async def send_one_more() -> None:
+                    await router.send(trades(20, 5))
+                    sent.set()
+
+                nursery.start_soon(send_one_more)
+                await wait_all_tasks_blocked()
+                mock_clock.jump(0.9)
+                await wait_all_tasks_blocked()
+                assert not sent.is_set() and runner.state == "live"
+                mock_clock.jump(0.2)  # past the budget with no room: divert, and the feed goes on
+                await sent.wait()
+                assert runner.state == "spooling"
+                mock_clock.autojump_threshold = 0  # the timing is checked; let the spooler's naps pass
+                for i in range(5, 10):  # diverted: no more waiting
+                    await router.send(trades(i * 5, 5))
+                assert stats.counters["sink.mem.stalls"] == 1
+                await eventually(lambda: stats.counters.get("spool.mem.spooled_records", 0) >= 45, "spooling")
+                gate.set()
+                await eventually(lambda: runner.state == "live", "the hand-over back to live")
+    finally:
+        gate.set()
+    assert sorted(r.trade_id for r in sink.stored.values()) == list(range(50))
+    assert [t for _, t in first_seen_order(sink.batches)] == list(range(50))
+
+
 @pytest.mark.trio
 async def test_a_dead_sink_is_spooled_then_replayed_in_order_and_goes_live(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
