@@ -422,7 +422,41 @@ _SCHEMA_V3 = (
     """,
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+# The runbook's data-quality checks, as PostgreSQL's migration 0003 has them, over the last hour of
+# `ticks`, partitioned by (venue, symbol). Differences: times are integer µs, so `gap` is a number of
+# µs (an interval in PostgreSQL); "now" is read to the millisecond, as in `price_latest`; and with no
+# index on `ts` (one would tax every insert of the hot path) each query scans `ticks`, which is
+# fine for a person at a shell and the reason these are views, not something the daemon polls.
+_SCHEMA_V4 = (
+    """
+    CREATE VIEW IF NOT EXISTS dq_tick_gaps AS
+    WITH clock AS (SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000 AS now_us)
+    SELECT venue, symbol, asset_id, ts, next_ts, next_ts - ts AS gap
+    FROM (
+        SELECT venue, symbol, asset_id, ts,
+               lead(ts) OVER (PARTITION BY venue, symbol ORDER BY ts, trade_id) AS next_ts
+        FROM ticks
+        WHERE ts >= (SELECT now_us FROM clock) - 3600000000
+    ) AS t
+    WHERE next_ts IS NOT NULL
+    ORDER BY gap DESC, venue, symbol, ts
+    """,
+    """
+    CREATE VIEW IF NOT EXISTS dq_price_outliers AS
+    WITH clock AS (SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000 AS now_us)
+    SELECT venue, symbol, asset_id, ts, trade_id, price, prev_price, price / prev_price - 1.0 AS change
+    FROM (
+        SELECT venue, symbol, asset_id, ts, trade_id, price,
+               lag(price) OVER (PARTITION BY venue, symbol ORDER BY ts, trade_id) AS prev_price
+        FROM ticks
+        WHERE ts >= (SELECT now_us FROM clock) - 3600000000
+    ) AS t
+    WHERE price > prev_price * 1.1 OR price < prev_price * 0.9
+    ORDER BY ts DESC, venue, symbol, trade_id DESC
+    """,
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # Rows per INSERT, at most. Measured with 5000-row batches beside a thread spinning on the GIL

@@ -256,7 +256,7 @@ def test_a_version_1_database_is_upgraded_in_place(db_path: Path) -> None:
     finally:
         sink.close()
     with sqlite3.connect(db_path) as reader:
-        assert reader.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+        assert reader.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
 
 
 def test_a_version_2_database_gets_the_price_views_and_keeps_its_rows(db_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_a_version_2_database_gets_the_price_views_and_keeps_its_rows(db_path: P
     sink.open()
     sink.close()
     with sqlite3.connect(db_path) as reader:
-        assert reader.execute("PRAGMA user_version").fetchone() == (3,)
+        assert reader.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert reader.execute("SELECT coin_id, price_usd FROM price_latest").fetchall() == [("bitcoin", 50.0)]
 
 
@@ -440,3 +440,31 @@ def test_price_roi_is_against_the_last_price_at_or_before_each_window(priced: dt
     assert view(db_path, "SELECT roi_24h, roi_7d FROM price_roi WHERE coin_id = 'ethereum'") == [
         (pytest.approx(2 / 7 - 1, rel=1e-12), None),
     ]
+
+
+# --- the ingestion runbook's data-quality checks (views, as in PostgreSQL's migration 0003) -------------------
+
+
+def tick(symbol: str, trade_id: int, age_us: int, price_: float, venue: str = "binance") -> Trade:
+    return Trade(venue, symbol, trade_id, price_, 1.0, "buy", NOW_US - age_us, NOW_US - age_us)
+
+
+def test_dq_views_find_the_longest_silences_and_the_jumps_of_the_last_hour(sink: SqliteSink, db_path: Path) -> None:
+    second = 1_000_000
+    sink.write([
+        tick("BTCUSDT", 1, 2 * HOUR_US, 100.0),  # older than the hour: in neither view
+        tick("BTCUSDT", 2, 50 * 60 * second, 100.0),
+        tick("BTCUSDT", 3, 49 * 60 * second, 120.0),  # +20 %, after 60 s
+        tick("BTCUSDT", 4, 40 * 60 * second, 119.0),  # -0.8 %, after 9 min: the longest silence
+        tick("BTCUSDT", 5, 39 * 60 * second, 100.0),  # -16 %
+        tick("ETHUSDT", 1, 30 * 60 * second, 10.0),  # another series: no lag across symbols
+        tick("ETHUSDT", 2, 29 * 60 * second, 10.5),
+        tick("BTCUSDT", 6, 30 * 60 * second, 300.0, venue="bybit"),  # and none across venues
+    ])
+    gaps = view(db_path, "SELECT venue, symbol, ts, next_ts, gap FROM dq_tick_gaps")
+    assert [(v, s, gap // second) for v, s, _, _, gap in gaps] == [
+        ("binance", "BTCUSDT", 540), ("binance", "BTCUSDT", 60), ("binance", "BTCUSDT", 60), ("binance", "ETHUSDT", 60),
+    ]
+    assert all(next_ts - ts == gap for _, _, ts, next_ts, gap in gaps)
+    outliers = view(db_path, "SELECT symbol, trade_id, price, prev_price, round(change, 4) FROM dq_price_outliers")
+    assert outliers == [("BTCUSDT", 5, 100.0, 119.0, round(100 / 119 - 1, 4)), ("BTCUSDT", 3, 120.0, 100.0, 0.2)]
