@@ -1,14 +1,13 @@
 """One client connection to the simulated Binance market-data WebSocket.
 
-The WebSocket protocol itself (handshake, frame parsing, close handshake, ping/pong) is websockets'
-sans-I/O `ServerProtocol`; this module is the Trio plumbing around it plus Binance's connection rules:
+`WsServerSession` (ws_base) does the WebSocket plumbing; this module adds Binance's connection rules:
 subscriptions, a ping every `ping_interval_s` with a `pong_timeout_s` deadline, at most
 `max_incoming_per_s` incoming messages, serverShutdown notices, a maximum connection age, and a
 bounded outgoing buffer (a consumer that falls behind is disconnected, as exchanges do).
 
 Data frames from the fan-out are pre-encoded bytes and go straight into the outgoing buffer; only
-control frames (ping, pong, close) go through the protocol object. A single writer task owns the
-socket, so frames are never interleaved mid-write.
+control frames (ping, pong, close) go through the protocol object. Blast mode writes runs of
+pre-built frames from the tape past the buffer, at its own pace, from the same writer task.
 """
 
 from __future__ import annotations
@@ -16,29 +15,26 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
 import trio
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 from ingestd.sim.blast import FRAMES_PER_CHUNK, BlastCursor
 from ingestd.sim.sliding_window import SlidingWindowCounter
 from ingestd.sim.stream_names import AGG_TRADE, TRADE, TargetError, parse_stream_name, parse_ws_target
 from ingestd.sim.wall_clock import wall_ms
+from ingestd.sim.ws_base import WsServerSession
 from ingestd.sim.ws_control import handle_control_message
 from ingestd.sim.ws_frames import text_frame
 
 if TYPE_CHECKING:
     from ingestd.sim.server import Simulator
 
-HANDSHAKE_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 2.0  # after our close frame, how long the client gets to answer before we cut TCP
-MAX_READ = 64 * 1024
 MAX_INCOMING_MESSAGE = 64 * 1024
 _COUNTED_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG)
 
@@ -48,28 +44,20 @@ _protocol_log = logging.getLogger("ingestd.sim.websockets")
 _protocol_log.setLevel(logging.WARNING)
 
 
-class WsSession:
+class WsSession(WsServerSession):
     def __init__(self, sim: Simulator, stream: trio.SocketStream, session_id: int) -> None:
+        super().__init__(
+            stream, session_id, max_message_bytes=MAX_INCOMING_MESSAGE, log=log, protocol_log=_protocol_log
+        )
         self.sim = sim
-        self.id = session_id
         self.streams: dict[str, None] = {}  # an ordered set, for LIST_SUBSCRIPTIONS
         self.combined = False
         self.drop_rng = random.Random(f"{sim.config.seed}/connection/{session_id}")
         self.opened_at = trio.current_time()
         self._config = sim.config
         self._counters = sim.counters
-        self._stream = stream
-        self._protocol = ServerProtocol(max_size=MAX_INCOMING_MESSAGE, logger=_protocol_log)
-        self._end_reason = "client went away"
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 0
-        self._eof_queued = False
-        self._writer_wakeup = trio.Event()
-        self._cancel_scope = trio.CancelScope()
-        self._nursery: trio.Nursery | None = None
         self._incoming = SlidingWindowCounter(self._config.max_incoming_per_s)
         self._outstanding_pings: dict[bytes, float] = {}  # payload -> when sent, oldest first
-        self._closing = False
         self._shutdown_announced = False
         self._blast: BlastCursor | None = None
         self._blast_started_at = 0.0
@@ -77,65 +65,35 @@ class WsSession:
 
     # ----- lifecycle ----------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def _answer_upgrade(self, request: Request) -> Response:
         try:
-            with self._cancel_scope:
-                if not await self._handshake():
-                    return
-                log.info("ws#%d open: %s streams, combined=%s", self.id, len(self.streams), self.combined)
-                self.sim.sessions.add(self)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        for name in self.streams:
-                            self.sim.fanout.subscribe(self, name)
-                        self._maybe_start_blast()
-                        nursery.start_soon(self._end_session_after, self._read_loop)
-                        nursery.start_soon(self._end_session_after, self._write_loop)
-                        nursery.start_soon(self._keepalive_loop)
-                        nursery.start_soon(self._lifecycle_loop)
-                finally:
-                    self._detach()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away; nothing to clean up beyond closing the socket
-        finally:
-            await trio.aclose_forcefully(self._stream)
-            if self._nursery is not None:
-                log.info("ws#%d closed: %s", self.id, self._end_reason)
+            self.combined, names = parse_ws_target(
+                request.path, self.sim.market.symbols, self._config.max_streams_per_connection
+            )
+        except TargetError as exc:
+            response = self._protocol.reject(exc.status, f"{exc}\n")
+        else:
+            response = self._protocol.accept(request)
+            self.streams = dict.fromkeys(names)
+        if response.status_code == 101:
+            self._counters.connections_opened += 1
+        else:
+            self._counters.handshakes_rejected += 1
+        return response
 
-    async def _end_session_after(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Run the reader or the writer; when either stops, for whatever reason, the session is over."""
-        try:
-            await task()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away mid-read or mid-write
-        finally:
-            self._cancel_scope.cancel()
+    def _on_open(self, nursery: trio.Nursery) -> None:
+        log.info("ws#%d open: %s streams, combined=%s", self.id, len(self.streams), self.combined)
+        self.sim.sessions.add(self)
+        for name in self.streams:
+            self.sim.fanout.subscribe(self, name)
+        self._maybe_start_blast()
+        nursery.start_soon(self._keepalive_loop)
+        nursery.start_soon(self._lifecycle_loop)
 
     def _detach(self) -> None:
-        """Stop receiving market data and leave the simulator's connection set (idempotent)."""
         self.sim.sessions.discard(self)
         for name in self.streams:
             self.sim.fanout.unsubscribe(self, name)
-
-    def abort(self, reason: str) -> None:
-        """Cut the TCP connection now, without a close frame (a network failure, as seen by the client)."""
-        if not self._closing:
-            self._end_reason = reason
-        self._closing = True
-        self._detach()  # at once, so the session stops counting as open before its task unwinds
-        self._cancel_scope.cancel()
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the WebSocket closing handshake; the TCP connection goes when it completes or times out."""
-        if self._closing:
-            return
-        self._closing = True
-        self._end_reason = f"closed by the server ({code} {reason})"
-        if self._protocol.state is State.OPEN:
-            self._protocol.send_close(code, reason)
-            self._pump_protocol()
-        self._cancel_scope.deadline = min(self._cancel_scope.deadline, trio.current_time() + CLOSE_TIMEOUT_S)
 
     def announce_shutdown(self) -> None:
         """Send serverShutdown now and close the connection shutdown_grace_s later."""
@@ -152,62 +110,7 @@ class WsSession:
         await trio.sleep(self._config.shutdown_grace_s)
         self.close(CloseCode.GOING_AWAY, "Server shutdown")
 
-    # ----- handshake ----------------------------------------------------------------------------
-
-    async def _handshake(self) -> bool:
-        request = None
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-            while request is None:
-                data = await self._stream.receive_some(MAX_READ)
-                if not data:
-                    return False
-                self._protocol.receive_data(data)
-                for event in self._protocol.events_received():
-                    if isinstance(event, Request):
-                        request = event
-                if request is None and self._protocol.handshake_exc is not None:
-                    await self._send_pending_handshake_bytes()
-                    return False
-        if request is None:
-            return False
-        try:
-            self.combined, names = parse_ws_target(
-                request.path, self.sim.market.symbols, self._config.max_streams_per_connection
-            )
-        except TargetError as exc:
-            response = self._protocol.reject(exc.status, f"{exc}\n")
-        else:
-            response = self._protocol.accept(request)
-            self.streams = dict.fromkeys(names)
-        self._protocol.send_response(response)
-        accepted = response.status_code == 101
-        if accepted:
-            self._counters.connections_opened += 1
-        else:
-            self._counters.handshakes_rejected += 1
-        await self._send_pending_handshake_bytes()
-        return accepted
-
-    async def _send_pending_handshake_bytes(self) -> None:
-        data = b"".join(self._protocol.data_to_send())
-        if data:
-            await self._stream.send_all(data)
-
     # ----- reading ------------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        while True:
-            data = await self._stream.receive_some(MAX_READ)
-            if not data:
-                self._protocol.receive_eof()
-                return
-            self._protocol.receive_data(data)
-            for event in self._protocol.events_received():
-                if isinstance(event, Frame):
-                    self._on_frame(event)
-            self._pump_protocol()
-            if self._protocol.state is State.CLOSED:
-                return
 
     def _on_frame(self, frame: Frame) -> None:
         if self._closing:
@@ -256,53 +159,17 @@ class WsSession:
 
     def send_data(self, frame: bytes) -> bool:
         """Queue a market-data frame (called by the fan-out). Overflowing the buffer disconnects."""
-        if self._closing or self._protocol.state is not State.OPEN:
+        if not self._queue(frame):
             return False
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
         if self._outbox_bytes > self._config.send_buffer_bytes:
             self._counters.slow_consumer_closes += 1
             self.abort(f"slow consumer: more than {self._config.send_buffer_bytes} bytes queued")
             return False
-        self._writer_wakeup.set()
         return True
 
     def _send_text(self, payload: bytes) -> None:
         """Queue a reply or notice; these are small and never count towards the overflow limit."""
-        if self._closing or self._protocol.state is not State.OPEN:
-            return
-        self._outbox.append(text_frame(payload))
-        self._writer_wakeup.set()
-
-    def _pump_protocol(self) -> None:
-        """Move whatever the protocol wants to send (pongs, pings, close frames, EOF) to the outbox."""
-        for data in self._protocol.data_to_send():
-            if data:
-                self._outbox.append(data)
-            else:
-                self._eof_queued = True
-        self._writer_wakeup.set()
-
-    def wake_writer(self) -> None:
-        self._writer_wakeup.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            if self._outbox:
-                pending, self._outbox, self._outbox_bytes = self._outbox, [], 0
-                await self._stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
-                continue
-            if self._eof_queued:
-                return  # the protocol finished the closing handshake: close TCP
-            wake_at = math.inf
-            if self._blast is not None and not self._closing and not self.sim.paused:
-                wake_at = self._blast_due()
-                if wake_at <= trio.current_time():
-                    await self._send_blast_chunk()
-                    continue
-            with trio.move_on_at(wake_at):
-                await self._writer_wakeup.wait()
-            self._writer_wakeup = trio.Event()
+        self._queue(text_frame(payload), buffer_charge=0)
 
     # ----- blast mode -----------------------------------------------------------------------------
 
@@ -329,14 +196,16 @@ class WsSession:
         self._blast_started_at = trio.current_time()
         self.wake_writer()
 
-    def _blast_due(self) -> float:
-        assert self._blast is not None
+    def _paced_send_due_at(self) -> float:
+        # A paused simulator sends nothing, blast included; resuming wakes the writer.
+        if self._blast is None or self._closing or self.sim.paused:
+            return math.inf
         rate = self._config.blast_rate
         if rate is None:
             return -math.inf
         return self._blast_started_at + self._blast.frames_sent / rate
 
-    async def _send_blast_chunk(self) -> None:
+    async def _paced_send(self) -> None:
         assert self._blast is not None
         chunk, count = self._blast.next_chunk(wall_ms())
         if self._blast.done:

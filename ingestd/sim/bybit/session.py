@@ -1,6 +1,6 @@
 """One client connection to the simulated Bybit public linear WebSocket.
 
-websockets' sans-I/O `ServerProtocol` does the WebSocket part; this module adds Bybit's rules:
+`WsServerSession` (ws_base) does the WebSocket part; this module adds Bybit's rules:
 - requests are JSON text: `{"op":"subscribe"|"unsubscribe"|"ping","args":[...],"req_id":...}`, each
   answered `{"success":..,"ret_msg":..,"conn_id":..,"req_id":..,"op":..}` (a ping: ret_msg "pong");
 - a subscribe is refused whole when a topic is unknown or already subscribed, when it has more than
@@ -23,18 +23,17 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
+from ingestd.sim.ws_base import WsServerSession
 from ingestd.sim.ws_frames import text_frame
 
 if TYPE_CHECKING:
     from ingestd.sim.bybit.server import BybitSim
 
 PATH = "/v5/public/linear"
-HANDSHAKE_TIMEOUT_S = 10.0
-MAX_READ = 64 * 1024
+MAX_INCOMING_MESSAGE = 1 << 20
 SEND_BUFFER_BYTES = 8 << 20  # a client this far behind is cut off, as venues do
 
 log = logging.getLogger(__name__)
@@ -43,111 +42,53 @@ _protocol_log.setLevel(logging.WARNING)
 _encode = msgspec.json.encode
 
 
-class BybitSession:
+class BybitSession(WsServerSession):
     def __init__(self, sim: BybitSim, stream: trio.SocketStream, session_id: int) -> None:
+        super().__init__(
+            stream, session_id, max_message_bytes=MAX_INCOMING_MESSAGE, log=log, protocol_log=_protocol_log
+        )
         self.sim = sim
-        self.id = session_id
         self.conn_id = f"sim-{session_id:06d}"
         self.topics: dict[str, None] = {}
-        self._stream = stream
-        self._protocol = ServerProtocol(max_size=1 << 20, logger=_protocol_log)
         self._rng = random.Random(f"{sim.options.seed}/session/{session_id}")
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 0
-        self._wakeup = trio.Event()
-        self._scope = trio.CancelScope()
-        self._last_request = trio.current_time()
-        self._closing = False
-        self.end_reason = "client went away"
 
-    async def run(self) -> None:
-        try:
-            with self._scope:
-                if not await self._handshake():
-                    return
-                self.sim.sessions.add(self)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._until_done, self._read_loop)
-                        nursery.start_soon(self._until_done, self._write_loop)
-                        nursery.start_soon(self._idle_watch)
-                finally:
-                    self._detach()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await trio.aclose_forcefully(self._stream)
-            log.info("ws#%d closed: %s", self.id, self.end_reason)
+    def _answer_upgrade(self, request: Request) -> Response:
+        if request.path.split("?")[0] != PATH:
+            response = self._protocol.reject(404, f"no such endpoint {request.path}\n")
+        else:
+            response = self._protocol.accept(request)
+        self.sim.counters["connections_opened" if response.status_code == 101 else "handshakes_rejected"] += 1
+        return response
 
-    async def _until_done(self, task) -> None:
-        try:
-            await task()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._scope.cancel()
+    def _on_open(self, nursery: trio.Nursery) -> None:
+        self.sim.sessions.add(self)
+        nursery.start_soon(self._cut_when_idle)
 
     def _detach(self) -> None:
         self.sim.sessions.discard(self)
         for topic in self.topics:
             self.sim.unsubscribe(self, topic)
 
-    def abort(self, reason: str) -> None:
-        """Cut TCP now, no close frame: a network failure as the client sees it."""
-        self.end_reason = reason
-        self._closing = True
-        self._detach()
-        self._scope.cancel()
+    def _writer_finished(self) -> bool:
+        # Unlike the other venues' sessions, this one has always left closing TCP to the client
+        # after the closing handshake (it waits for the client's EOF instead of sending its own);
+        # kept so what the client sees on the wire does not change.
+        return self._protocol.state is State.CLOSED
 
-    # --- handshake ----------------------------------------------------------------------------------
-
-    async def _handshake(self) -> bool:
-        request = None
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-            while request is None:
-                data = await self._stream.receive_some(MAX_READ)
-                if not data:
-                    return False
-                self._protocol.receive_data(data)
-                for event in self._protocol.events_received():
-                    if isinstance(event, Request):
-                        request = event
-                if request is None and self._protocol.handshake_exc is not None:
-                    await self._flush_handshake()
-                    return False
-        if request is None:
-            return False
-        if request.path.split("?")[0] != PATH:
-            response = self._protocol.reject(404, f"no such endpoint {request.path}\n")
-        else:
-            response = self._protocol.accept(request)
-        self._protocol.send_response(response)
-        await self._flush_handshake()
-        accepted = response.status_code == 101
-        self.sim.counters["connections_opened" if accepted else "handshakes_rejected"] += 1
-        return accepted
-
-    async def _flush_handshake(self) -> None:
-        data = b"".join(self._protocol.data_to_send())
-        if data:
-            await self._stream.send_all(data)
+    async def _cut_when_idle(self) -> None:
+        timeout = self.sim.options.idle_timeout_s
+        if not timeout or math.isinf(timeout):
+            return
+        await self._wait_for_silence(timeout)
+        self.sim.counters["idle_closes"] += 1
+        self.abort(f"no request for {timeout:g} s")
 
     # --- requests ---------------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        while True:
-            data = await self._stream.receive_some(MAX_READ)
-            if not data:
-                self._protocol.receive_eof()
-                return
-            self._protocol.receive_data(data)
-            for event in self._protocol.events_received():
-                if isinstance(event, Frame) and event.opcode is Opcode.TEXT and not self._closing:
-                    self._last_request = trio.current_time()
-                    self._on_request(event.data)
-            self._pump_protocol()
-            if self._protocol.state is State.CLOSED:
-                return
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT and not self._closing:
+            self._client_heard_at = trio.current_time()
+            self._on_request(frame.data)
 
     def _on_request(self, text: bytes) -> None:
         try:
@@ -243,38 +184,3 @@ class BybitSession:
         for topic in self.topics:
             if topic.startswith("tickers."):
                 self._queue(text_frame(self.sim.market.snapshot(topic.partition(".")[2])))
-
-    def _queue(self, frame: bytes) -> None:
-        if self._closing or self._protocol.state is not State.OPEN:
-            return
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        self._wakeup.set()
-
-    def _pump_protocol(self) -> None:
-        for data in self._protocol.data_to_send():
-            if data:
-                self._outbox.append(data)
-        self._wakeup.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            if self._outbox:
-                pending, self._outbox, self._outbox_bytes = self._outbox, [], 0
-                await self._stream.send_all(b"".join(pending))
-                continue
-            if self._protocol.state is State.CLOSED:
-                return
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-
-    async def _idle_watch(self) -> None:
-        timeout = self.sim.options.idle_timeout_s
-        if not timeout or math.isinf(timeout):
-            return
-        while True:
-            await trio.sleep_until(self._last_request + timeout)
-            if trio.current_time() >= self._last_request + timeout:
-                self.sim.counters["idle_closes"] += 1
-                self.abort(f"no request for {timeout:g} s")
-                return
