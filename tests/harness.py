@@ -264,6 +264,8 @@ def missing_and_extra(stored: dict[str, list[int]], truth: dict[str, list[int]],
         missing = expected - set(got)
         extra = set(got) - set(ids)
         if missing or extra or dups:
+            # Where the hole is tells a lost tail (last_missing == last_made) from a hole in the middle.
             report[symbol] = {"missing": len(missing), "extra": len(extra), "dups": dups,
-                              "first_missing": sorted(missing)[:5]}
+                              "first_missing": sorted(missing)[:5], "last_missing": max(missing, default=None),
+                              "last_stored": max(got, default=None), "last_made": max(ids, default=None)}
     return report
