@@ -119,6 +119,13 @@ class Servers:
             self.stack.callback(self._kafka.close)
         return self._kafka
 
+    def fresh_kafka(self) -> None:
+        """A new, empty broker (Tansu keeps its data in memory): the checkpoints topic of an earlier
+        run would otherwise make the next daemon skip the same simulated trade ids as stored."""
+        if self._kafka is not None:
+            self._kafka.close()
+            self._kafka = None
+
 
 def sink_toml(target: str, servers: Servers, db_name: str | None) -> str:
     kind = target.split("-", 1)[1]
@@ -251,6 +258,8 @@ def fresh_store(target: str, servers: Servers) -> str | None:
         return None
     if target.endswith("postgres"):
         return servers.pg.create_database("bench").dbname
+    if target.endswith("kafka"):
+        servers.fresh_kafka()
     return None
 
 
