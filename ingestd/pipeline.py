@@ -12,12 +12,12 @@ after its first record arrived, and stores it from a worker thread; meanwhile ba
 the sink never waits on Python and Python never waits on the sink.
 
 Diverted path (runners with a spool). When a runner's queue is full, or its sink keeps failing for
-`spool_after_s`, the runner *diverts* (a runner that is its Router's only one first lets a full
-queue make the feed wait, up to `max_stall_s`, while its sink is healthy; see "Backpressure"): in one synchronous step (no await, so nothing can slip in
-between) it moves everything it holds in memory - a copy of the batch being written, the batch being
-built, the queue - to `pending`, in order, and from then on every new chunk goes to `pending` too. A
-spooler task appends `pending` to the disk spool in whole batches. So the spool always holds one
-contiguous stretch of the stream, starting at the first record the sink had not confirmed: nothing
+`spool_after_s`, the runner *diverts* (a Router's only runner first lets a full queue make the feed
+wait, up to `max_stall_s`, while its sink is healthy; see "Backpressure"): in one synchronous step
+(no await, so nothing can slip in between) it moves everything it holds in memory - a copy of the
+batch being written, the batch being built, the queue - to `pending`, in order, and from then on
+every new chunk goes to `pending` too. A spooler task appends `pending` to the disk spool in whole
+batches. So the spool always holds one contiguous stretch of the stream, starting at the first record the sink had not confirmed: nothing
 older is ever appended after something newer, and no chunk for that sink ever overtakes another.
 The batch being written when the runner diverted may reach the sink twice (live, then from the
 spool): sink writes are idempotent (`ingestd.sinks.base`), so that costs a duplicate, never a record.
