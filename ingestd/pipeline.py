@@ -17,10 +17,11 @@ wait, up to `max_stall_s`, while its sink is healthy; see "Backpressure"): in on
 (no await, so nothing can slip in between) it moves everything it holds in memory - a copy of the
 batch being written, the batch being built, the queue - to `pending`, in order, and from then on
 every new chunk goes to `pending` too. A spooler task appends `pending` to the disk spool in whole
-batches. So the spool always holds one contiguous stretch of the stream, starting at the first record the sink had not confirmed: nothing
-older is ever appended after something newer, and no chunk for that sink ever overtakes another.
-The batch being written when the runner diverted may reach the sink twice (live, then from the
-spool): sink writes are idempotent (`ingestd.sinks.base`), so that costs a duplicate, never a record.
+batches. So the spool always holds one contiguous stretch of the stream, starting at the first
+record the sink had not confirmed: nothing older is ever appended after something newer, and no
+chunk for that sink ever overtakes another. The batch being written when the runner diverted may
+reach the sink twice (live, then from the spool): sink writes are idempotent
+(`ingestd.sinks.base`), so that costs a duplicate, never a record.
 
 Replay and the hand-over back to live. While diverted, the writer replays the spool oldest first:
 `peek`, write, `commit`. A failing sink is probed with capped, jittered backoff (the runner stays
