@@ -765,7 +765,9 @@ class Router(trio.abc.AsyncResource):
     async def send(self, records: list[Record]) -> None:
         """Hand a chunk to every runner. A runner with room takes it at once (a slow or dead sink's
         runner spools instead of making anyone wait); only a runner that has no room at all (no
-        spool, or a full "block" spool) makes `send` wait, after the others have the chunk."""
+        spool, or a full "block" spool) makes `send` wait, after the others have the chunk. The
+        exception is a Router with one runner: there a healthy sink's full queue makes `send` wait
+        up to `max_stall_s` for room before that runner spools, since no other sink is held back."""
         if self._closed:
             raise trio.ClosedResourceError("this Router is closed")
         sole = len(self._runners) == 1
