@@ -14,8 +14,10 @@ As a process: `ingestd sim --help` or `python -m ingestd.sim --help` (`--ports-f
 
 Modules: market (the model, sans-I/O) with order_book, trade_log, instruments, fixed_point;
 depth_coalescer, stream_names, ws_control, ws_frames, malformed, sliding_window, request_weight
-(sans-I/O protocol pieces); fanout, live_events, blast (event delivery); ws_session, ws_server,
-rest_api, rest_server (the servers); server (Simulator, serve); cli; throughput (blast benchmark).
+(sans-I/O protocol pieces); fanout, live_events, blast (event delivery); ws_base (the WebSocket
+session every venue simulator builds on), ws_session, ws_server, rest_api, rest_server (the
+servers); server (Simulator, serve); cli; throughput (blast benchmark). The other venues'
+simulators are the subpackages bybit, polymarket, evm, thegraph and coingecko.
 """
 
 from ingestd.sim.config import SimConfig
