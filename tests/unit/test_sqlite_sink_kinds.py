@@ -445,12 +445,14 @@ def test_price_roi_is_against_the_last_price_at_or_before_each_window(priced: dt
 # --- the ingestion runbook's data-quality checks (views, as in PostgreSQL's migration 0003) -------------------
 
 
-def tick(symbol: str, trade_id: int, age_us: int, price_: float, venue: str = "binance") -> Trade:
-    return Trade(venue, symbol, trade_id, price_, 1.0, "buy", NOW_US - age_us, NOW_US - age_us)
-
-
 def test_dq_views_find_the_longest_silences_and_the_jumps_of_the_last_hour(sink: SqliteSink, db_path: Path) -> None:
     second = 1_000_000
+    # Now, not NOW_US: that is read at collection, and a full run reaches this test minutes later.
+    now_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
+
+    def tick(symbol: str, trade_id: int, age_us: int, price_: float, venue: str = "binance") -> Trade:
+        return Trade(venue, symbol, trade_id, price_, 1.0, "buy", now_us - age_us, now_us - age_us)
+
     sink.write([
         tick("BTCUSDT", 1, 2 * HOUR_US, 100.0),  # older than the hour: in neither view
         tick("BTCUSDT", 2, 50 * 60 * second, 100.0),
