@@ -506,12 +506,27 @@ class SteppedSink(MemorySink):
         super().write(batch)
 
 
-async def fill_a_sole_runner(router: Router, stats: StatsRegistry, name: str) -> None:
-    """batch_size 5, capacity 2: chunk 0 in the writer's thread, 1 the next batch, 2 and 3 the queue."""
+async def stall_a_sole_runner(router: Router, runner: SinkRunner, nursery: trio.Nursery,
+                              clock: trio.testing.MockClock) -> trio.Event:
+    """Fill the runner (batch_size 5, capacity 2: chunk 0 in the writer's thread, 1 the next batch, 2
+    and 3 the queue), start a fifth send and spend 0.9 s of a 1 s stall budget: that send still
+    waits, and nothing was diverted. Returns the event the fifth send sets once it is taken."""
     for i in range(4):
         await router.send(trades(i * 5, 5))
         await wait_all_tasks_blocked()
-    assert stats.queue_depths()[f"sink.{name}"] == {"used": 2, "capacity": 2}
+    assert runner.stats.queue_depths()[f"sink.{runner.sink.name}"] == {"used": 2, "capacity": 2}
+    sent = trio.Event()
+
+    async def send_one_more() -> None:
+        await router.send(trades(20, 5))
+        sent.set()
+
+    nursery.start_soon(send_one_more)
+    await wait_all_tasks_blocked()
+    clock.jump(0.9)
+    await wait_all_tasks_blocked()
+    assert not sent.is_set() and runner.state == "live"
+    return sent
 
 
 @pytest.mark.trio
@@ -524,18 +539,7 @@ async def test_a_sole_sink_slower_than_a_burst_makes_the_feed_wait_instead_of_sp
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
             async with Router([runner]) as router:
-                await fill_a_sole_runner(router, stats, "mem")
-                sent = trio.Event()
-
-                async def send_one_more() -> None:
-                    await router.send(trades(20, 5))
-                    sent.set()
-
-                nursery.start_soon(send_one_more)
-                await wait_all_tasks_blocked()
-                mock_clock.jump(0.9)  # most of the stall budget
-                await wait_all_tasks_blocked()
-                assert not sent.is_set() and runner.state == "live"
+                sent = await stall_a_sole_runner(router, runner, nursery, mock_clock)
                 sink.allowed.release()  # the sink takes a batch: room, well within the budget
                 await sent.wait()
                 assert runner.state == "live"
@@ -560,18 +564,7 @@ async def test_a_sole_sink_that_hangs_is_diverted_once_the_stall_budget_is_spent
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
             async with Router([runner]) as router:
-                await fill_a_sole_runner(router, stats, "mem")
-                sent = trio.Event()
-
-                async def send_one_more() -> None:
-                    await router.send(trades(20, 5))
-                    sent.set()
-
-                nursery.start_soon(send_one_more)
-                await wait_all_tasks_blocked()
-                mock_clock.jump(0.9)
-                await wait_all_tasks_blocked()
-                assert not sent.is_set() and runner.state == "live"
+                sent = await stall_a_sole_runner(router, runner, nursery, mock_clock)
                 mock_clock.jump(0.2)  # past the budget with no room: divert, and the feed goes on
                 await sent.wait()
                 assert runner.state == "spooling"
