@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import sdnotify
 import trio
 
+from ingestd.digits import is_ascii_digits
 from ingestd.stats import StatsRegistry
 
 log = logging.getLogger("ingestd.systemd")
@@ -36,10 +37,10 @@ STATUS_INTERVAL_S = 5.0
 def watchdog_interval_s(environ: Mapping[str, str], pid: int) -> float | None:
     """Seconds between watchdog pings, or None when this process is not watched."""
     usec = environ.get("WATCHDOG_USEC", "")
-    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+    if not is_ascii_digits(usec) or int(usec) == 0:
         return None
     watched_pid = environ.get("WATCHDOG_PID", "")
-    if watched_pid and (not (watched_pid.isascii() and watched_pid.isdigit()) or int(watched_pid) != pid):
+    if watched_pid and (not is_ascii_digits(watched_pid) or int(watched_pid) != pid):
         return None
     return int(usec) / 2 / 1e6
 

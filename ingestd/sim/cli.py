@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+from ingestd.digits import is_ascii_digits
 from ingestd.sim.arguments import non_negative, probability
 from ingestd.sim.config import NON_TRADING_STATUSES, SimConfig
 from ingestd.sim.server import Simulator, serve
@@ -34,7 +35,7 @@ example: a hostile venue for a resilience drill
 
 
 def _symbols(text: str) -> list[str] | int:
-    if text.isascii() and text.isdigit():
+    if is_ascii_digits(text):
         return int(text)
     symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
     if not symbols:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from ingestd.digits import is_ascii_digits
 from ingestd.sim.fixed_point import step_text
 from ingestd.sim.request_weight import IM_A_TEAPOT, OK, TOO_MANY_REQUESTS, RequestWeightLimiter
 from ingestd.sim.wall_clock import wall_ms
@@ -75,7 +76,7 @@ class Params:
         value = self.text(name)
         if value is None:
             return default
-        if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        if not is_ascii_digits(value) or len(value) > 20:
             raise ApiError(
                 400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
             )

@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import msgspec
 import trio
 
+from ingestd.digits import is_ascii_digits
 from ingestd.stats import StatsRegistry
 from ingestd.statsock import protocol as p
 
@@ -84,7 +85,7 @@ def supplementary_groups(pid: int) -> set[int]:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:] if g.isascii() and g.isdigit()}
+                    return {int(g) for g in line.split()[1:] if is_ascii_digits(g)}
     except OSError:
         pass
     return set()

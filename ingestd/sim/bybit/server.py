@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
+from ingestd.digits import is_ascii_digits
 from ingestd.sim.bybit.market import LinearMarket, symbol_names
 from ingestd.sim.bybit.session import PATH, BybitSession
 from ingestd.sim.http_server import DROP, FaultDice, HttpRequest, HttpResponse, HttpServer
@@ -176,7 +177,7 @@ class BybitSim:
         if symbol is None:
             return _error(10001, "params error: symbol is required")
         limit_text = q.get("limit", "500")
-        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 1000:
+        if not is_ascii_digits(limit_text) or not 1 <= int(limit_text) <= 1000:
             return _error(10001, "params error: limit must be 1 to 1000")
         return _ok({"category": "linear", "list": self.market.recent_trades(symbol, int(limit_text))})
 

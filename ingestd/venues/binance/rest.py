@@ -14,6 +14,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from ingestd.digits import is_ascii_digits
 from ingestd.model import Trade
 from ingestd.venues.binance.book import DepthSnapshot
 
@@ -182,13 +183,13 @@ class WeightBudget:
         if probe:
             self._probe_out = False
         used = headers.get("x-mbx-used-weight-1m")
-        if used is not None and used.isascii() and used.isdigit() and int(now // 60) == self.window:
+        if used is not None and is_ascii_digits(used) and int(now // 60) == self.window:
             # The server's figure wins: other clients on the same IP spend from the same budget.
             self.used = max(self.used, int(used))
         if status in (429, 418):
             if status == 418:
                 self.bans += 1
             retry_after = headers.get("retry-after", "")
-            wait = float(retry_after) if retry_after.isascii() and retry_after.replace(".", "", 1).isdigit() else 60.0
+            wait = float(retry_after) if is_ascii_digits(retry_after.replace(".", "", 1)) else 60.0
             self.blocked_until = max(self.blocked_until, now + wait)
             self._probe_due = True

@@ -26,6 +26,7 @@ from typing import Union
 
 import msgspec
 from msgspec import Struct
+from ingestd.digits import is_ascii_digits
 
 VENUE = "bybit"
 TICKERS = "tickers"
@@ -147,7 +148,7 @@ def decimal(text: str, name: str, *, low: float, high: float, low_inclusive: boo
 def _millis_as_us(text: str, name: str) -> int | None:
     if text in ("", "0"):
         return None  # no funding (dated futures)
-    if not (text.isascii() and text.isdigit()) or len(text) > 15:
+    if not is_ascii_digits(text) or len(text) > 15:
         raise BadValue(f"{name}: not epoch milliseconds: {text[:40]!r}")
     return int(text) * 1000
 
@@ -244,7 +245,7 @@ def _trades(symbol: str, env: _Envelope) -> TradeBatch:
 
 def trade_id_of(venue_id: str) -> int:
     """The stable integer key of a venue trade id (see the module docstring)."""
-    if venue_id.isascii() and venue_id.isdigit() and str(int(venue_id)) == venue_id and int(venue_id) <= _MASK63:
+    if is_ascii_digits(venue_id) and str(int(venue_id)) == venue_id and int(venue_id) <= _MASK63:
         return int(venue_id)
     digest = hashlib.blake2b(venue_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & _MASK63

@@ -13,6 +13,7 @@ from typing import Mapping
 import msgspec
 from msgspec import Struct
 
+from ingestd.digits import is_ascii_digits
 from ingestd.venues.bybit.protocol import VenueTrade, BadValue, decimal
 
 RECENT_TRADE = "/v5/market/recent-trade"
@@ -53,7 +54,7 @@ def retry_after_s(headers: Mapping[str, str], now_s: float) -> float | None:
         except ValueError:
             pass
     reset = headers.get("x-bapi-limit-reset-timestamp")
-    if reset is not None and reset.isascii() and reset.isdigit():
+    if reset is not None and is_ascii_digits(reset):
         return max(0.0, int(reset) / 1000 - now_s)
     return None
 
@@ -126,7 +127,7 @@ def parse_recent_trades(body: bytes, symbol: str, headers: Mapping[str, str] = {
         if item.symbol != symbol:
             raise ResponseError(f"trade of {item.symbol!r} in the page of {symbol!r}")
         side = {"Buy": "buy", "Sell": "sell"}.get(item.side)
-        if side is None or not item.execId or not (item.time.isascii() and item.time.isdigit()):
+        if side is None or not item.execId or not is_ascii_digits(item.time):
             raise ResponseError(f"unusable trade {item.execId!r}")
         try:
             price = decimal(item.price, "price", low=0.0, high=1e15, low_inclusive=False)

@@ -22,6 +22,7 @@ from typing import Union
 
 import msgspec
 from msgspec import Struct
+from ingestd.digits import is_ascii_digits
 
 PING = "PING"
 PONG = "PONG"
@@ -173,7 +174,7 @@ def _optional_price(text: str | None, what: str) -> float | None:
 def _millis(value: str | int, what: str = "timestamp") -> int:
     if isinstance(value, int):
         ms = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+    elif isinstance(value, str) and is_ascii_digits(value) and len(value) <= 16:
         ms = int(value)
     else:
         raise _Bad(f"{what}: expected epoch milliseconds, got {value!r:.40}")
