@@ -19,6 +19,8 @@ from typing import Any, Iterable, Protocol
 
 import msgspec
 
+from ingestd.sinks import sql_store
+
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 TIERS = ("MEGA", "LARGE", "MEDIUM", "SMALL")  # the seed's tiers; any other text is stored as given
 
@@ -241,11 +243,4 @@ def store_for_sink(sink_cfg: Any, state_dir: str | Path) -> WhaleStore:
 
 def store_for_sink_object(sink: Any) -> WhaleStore | None:
     """The whales store of an opened-or-not sink object, or None if it has no SQL database."""
-    from ingestd.sinks.postgres import PostgresSink
-    from ingestd.sinks.sqlite import SqliteSink
-
-    if isinstance(sink, SqliteSink):
-        return SqliteWhaleStore(sink.path)
-    if isinstance(sink, PostgresSink):
-        return PostgresWhaleStore(sink.cfg)
-    return None
+    return sql_store(sink, sqlite=SqliteWhaleStore, postgres=PostgresWhaleStore)

@@ -18,6 +18,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+from ingestd.sinks import sql_store
+
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 BUSY_TIMEOUT_S = 10.0
 
@@ -79,14 +81,7 @@ class PostgresPoolStore:
 
 def store_for_sink_object(sink: Any) -> PoolStore | None:
     """The dex_pools store of an opened-or-not sink object, or None if it has no SQL database."""
-    from ingestd.sinks.postgres import PostgresSink
-    from ingestd.sinks.sqlite import SqliteSink
-
-    if isinstance(sink, SqliteSink):
-        return SqlitePoolStore(sink.path)
-    if isinstance(sink, PostgresSink):
-        return PostgresPoolStore(sink.cfg)
-    return None
+    return sql_store(sink, sqlite=SqlitePoolStore, postgres=PostgresPoolStore)
 
 
 def normalize(addresses: Iterable[Any]) -> tuple[list[str], list[Any]]:
