@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Every process a test starts, so teardown can stop what a failing test left running.
@@ -250,6 +252,15 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    """wait_for for tests that run inside trio: checks every 50 ms without blocking the event loop."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def missing_and_extra(stored: dict[str, list[int]], truth: dict[str, list[int]], since: dict[str, int]):

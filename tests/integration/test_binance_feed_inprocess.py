@@ -3,6 +3,7 @@ file: for what only the inside can show (the whole local book, the symbol list a
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 import pytest
@@ -15,6 +16,10 @@ from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.binance.book import LIVE
 from ingestd.venues.binance.feed import BinanceFeed
+from tests import harness
+
+# These tests run a venue and a feed in one process: they keep their longer wait (harness: 15 s).
+wait_until = functools.partial(harness.wait_until, timeout=20.0)
 
 pytestmark = pytest.mark.trio
 
@@ -42,11 +47,6 @@ async def run_feed(nursery, tmp_path, cfg, name="local"):
     await nursery.start(feed.run)
     return feed, sink, stats
 
-
-async def wait_until(predicate, timeout=20.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 def as_book(levels):

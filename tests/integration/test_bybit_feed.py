@@ -33,7 +33,7 @@ from ingestd.sim.bybit.server import SimOptions, serve
 from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.bybit.feed import BybitFeed
-from tests.harness import start_daemon, start_venue_sim, stop_process, wait_for, write_family_config
+from tests.harness import start_daemon, start_venue_sim, stop_process, wait_for, wait_until, write_family_config
 
 INTERVAL_MS = 500
 GRACE_MS = 1000
@@ -238,11 +238,6 @@ def inprocess_config(sim, symbols: list[str]):
     ]
     return parse_config("\n".join(lines), environ={}).feeds["bybit"]
 
-
-async def wait_until(predicate, timeout=15.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 @pytest.mark.trio

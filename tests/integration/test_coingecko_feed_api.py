@@ -16,6 +16,7 @@ from ingestd.sim.coingecko.server import CoinGeckoSim, SimOptions
 from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.coingecko.feed import CoinGeckoFeed
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.trio
 
@@ -29,11 +30,6 @@ def count(path) -> int:
     finally:
         con.close()
 
-
-async def wait_until(predicate, timeout=15.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 async def test_trigger_is_idempotent_pause_resume_and_a_failed_discovery_keeps_the_pairs(tmp_path):

@@ -3,6 +3,7 @@ inside shows (the feed's own books, its trigger), plus a ground-truth check unde
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -16,6 +17,10 @@ from ingestd.sim.polymarket.server import PolySimConfig, serve
 from ingestd.sinks.base import Sink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.polymarket.feed import PolymarketFeed
+from tests import harness
+
+# These tests run a venue and a feed in one process: they keep their longer wait (harness: 15 s).
+wait_until = functools.partial(harness.wait_until, timeout=25.0)
 
 pytestmark = pytest.mark.trio
 
@@ -61,11 +66,6 @@ async def start_feed(nursery, cfg, *, resume=None):
     await nursery.start(feed.run)
     return feed, sink, stats, router
 
-
-async def wait_until(predicate, timeout=25.0, what="condition"):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 def expected_tape(truth, followed, whales):

@@ -15,6 +15,7 @@ from ingestd.sim.thegraph.server import GraphSim, SimOptions
 from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.uniswap.feed import UniswapFeed
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.trio
 
@@ -28,11 +29,6 @@ def rows(path) -> list[tuple[str, int]]:
     finally:
         con.close()
 
-
-async def wait_until(predicate, timeout=15.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 async def test_trigger_pause_resume_and_a_new_pool_list(tmp_path):

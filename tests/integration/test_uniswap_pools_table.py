@@ -19,6 +19,7 @@ from ingestd.sim.thegraph.server import GraphSim, SimOptions
 from ingestd.sinks.sqlite import SqliteSink
 from ingestd.stats import StatsRegistry
 from ingestd.venues.uniswap.feed import UniswapFeed
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.trio
 
@@ -52,11 +53,6 @@ def stored_pools(db) -> set[str]:
     finally:
         con.close()
 
-
-async def wait_until(predicate, timeout=15.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 @asynccontextmanager
