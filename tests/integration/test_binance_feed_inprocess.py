@@ -48,7 +48,6 @@ async def run_feed(nursery, tmp_path, cfg, name="local"):
     return feed, sink, stats
 
 
-
 def as_book(levels):
     return {float(p): float(q) for p, q in levels}
 

@@ -239,7 +239,6 @@ def inprocess_config(sim, symbols: list[str]):
     return parse_config("\n".join(lines), environ={}).feeds["bybit"]
 
 
-
 @pytest.mark.trio
 async def test_reload_pause_resume_and_reconnect(tmp_path):
     async with trio.open_nursery() as nursery:

@@ -31,7 +31,6 @@ def count(path) -> int:
         con.close()
 
 
-
 async def test_trigger_is_idempotent_pause_resume_and_a_failed_discovery_keeps_the_pairs(tmp_path):
     async with trio.open_nursery() as nursery:
         sim = CoinGeckoSim(SimOptions(seed=4, update_interval_s=3600, api_key="pro-k", plan="pro"))

@@ -56,16 +56,16 @@ def feed_config(sim, *, assets, whales, **extra):
     return parse_config("\n".join(lines), environ={}).feeds["polymarket"]
 
 
-async def start_feed(nursery, cfg, *, resume=None):
+async def start_feed(nursery, cfg, **feed_args):
+    """A feed (PolymarketFeed's keyword arguments: resume, store) writing to a CollectingSink."""
     stats = StatsRegistry("polymarket")
     sink = CollectingSink()
     runner = SinkRunner(sink, stats, batch_size=500, linger_s=0.01)
     await nursery.start(runner.run)
     router = Router([runner])
-    feed = PolymarketFeed(cfg, router, stats, resume=resume)
+    feed = PolymarketFeed(cfg, router, stats, **feed_args)
     await nursery.start(feed.run)
     return feed, sink, stats, router
-
 
 
 def expected_tape(truth, followed, whales):
@@ -194,12 +194,7 @@ async def test_configured_whales_are_watched_while_the_whales_table_cannot_be_re
         sim = await nursery.start(serve, config)
         whales = [w.address for w in sim.market.whales]
         cfg = feed_config(sim, assets=[], whales=whales, poll_interval_s=0.3, follow_whale_markets=False)
-        stats = StatsRegistry("polymarket")
-        sink = CollectingSink()
-        runner = SinkRunner(sink, stats, batch_size=500, linger_s=0.01)
-        await nursery.start(runner.run)
-        feed = PolymarketFeed(cfg, Router([runner]), stats, store=UnreadableWhales())
-        await nursery.start(feed.run)
+        feed, sink, stats, _ = await start_feed(nursery, cfg, store=UnreadableWhales())
         await wait_until(lambda: len(sink.of(WhaleTrade)) > 0, what="a configured whale's trade")
         assert set(feed._whales) == {a.lower() for a in whales}
         assert stats.counters["polymarket.whales_load_errors"] >= 1

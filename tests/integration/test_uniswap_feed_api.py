@@ -30,7 +30,6 @@ def rows(path) -> list[tuple[str, int]]:
         con.close()
 
 
-
 async def test_trigger_pause_resume_and_a_new_pool_list(tmp_path):
     async with trio.open_nursery() as nursery:
         sim = GraphSim(SimOptions(seed=3, pools=3, api_key="k"))

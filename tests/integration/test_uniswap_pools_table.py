@@ -54,7 +54,6 @@ def stored_pools(db) -> set[str]:
         con.close()
 
 
-
 @asynccontextmanager
 async def running(tmp_path, *, pools: list[str], before_feed=None, **options):
     """The simulator (3 pools), a SQLite sink at tmp_path/store.sqlite, and the feed writing to it.

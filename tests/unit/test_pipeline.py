@@ -72,6 +72,18 @@ class MemorySink(Sink):
         return [r for batch in self.batches for r in batch]
 
 
+def start_sending(nursery: trio.Nursery, router: Router, chunk: list[Record]) -> trio.Event:
+    """Send `chunk` from a task of its own; the event is set once the router has taken it."""
+    sent = trio.Event()
+
+    async def send() -> None:
+        await router.send(chunk)
+        sent.set()
+
+    nursery.start_soon(send)
+    return sent
+
+
 def nothing_written(sink: MemorySink) -> bool:
     try:
         sink.written.receive_nowait()
@@ -184,13 +196,7 @@ async def test_a_blocked_sink_makes_send_block_once_capacity_is_full() -> None:
                 await wait_all_tasks_blocked()
             assert stats.queue_depths()["sink.mem"] == {"used": 2, "capacity": 2}
 
-            sent = trio.Event()
-
-            async def send_one_more() -> None:
-                await router.send(trades(4, 1))
-                sent.set()
-
-            nursery.start_soon(send_one_more)
+            sent = start_sending(nursery, router, trades(4, 1))
             await wait_all_tasks_blocked()
             assert not sent.is_set()
             assert len(runner._room_lot) == 1  # parked, waiting for room: no spool, plain backpressure
@@ -510,18 +516,12 @@ async def stall_a_sole_runner(router: Router, runner: SinkRunner, nursery: trio.
                               clock: trio.testing.MockClock) -> trio.Event:
     """Fill the runner (batch_size 5, capacity 2: chunk 0 in the writer's thread, 1 the next batch, 2
     and 3 the queue), start a fifth send and spend 0.9 s of a 1 s stall budget: that send still
-    waits, and nothing was diverted. Returns the event the fifth send sets once it is taken."""
+    waits, and nothing was diverted. Returns the fifth send's event (start_sending)."""
     for i in range(4):
         await router.send(trades(i * 5, 5))
         await wait_all_tasks_blocked()
     assert runner.stats.queue_depths()[f"sink.{runner.sink.name}"] == {"used": 2, "capacity": 2}
-    sent = trio.Event()
-
-    async def send_one_more() -> None:
-        await router.send(trades(20, 5))
-        sent.set()
-
-    nursery.start_soon(send_one_more)
+    sent = start_sending(nursery, router, trades(20, 5))
     await wait_all_tasks_blocked()
     clock.jump(0.9)
     await wait_all_tasks_blocked()
