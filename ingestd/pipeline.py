@@ -740,6 +740,7 @@ class Router(trio.abc.AsyncResource):
 
     def __init__(self, runners: list[SinkRunner]) -> None:
         self._runners = list(runners)
+        self._sole = len(self._runners) == 1  # waiting on its runner holds back no other sink
         for runner in self._runners:
             runner._attach_producer()
         self._closed = False
@@ -770,10 +771,9 @@ class Router(trio.abc.AsyncResource):
         up to `max_stall_s` for room before that runner spools, since no other sink is held back."""
         if self._closed:
             raise trio.ClosedResourceError("this Router is closed")
-        sole = len(self._runners) == 1
-        waiting = [runner for runner in self._runners if not runner._offer(records, sole)]
+        waiting = [runner for runner in self._runners if not runner._offer(records, self._sole)]
         for runner in waiting:
-            await runner._put(records, sole)
+            await runner._put(records, self._sole)
         if not waiting:
             await trio.lowlevel.checkpoint()
 
