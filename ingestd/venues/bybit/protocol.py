@@ -26,6 +26,7 @@ from typing import Union
 
 import msgspec
 from msgspec import Struct
+
 from ingestd.digits import is_ascii_digits
 
 VENUE = "bybit"

@@ -22,6 +22,7 @@ from typing import Union
 
 import msgspec
 from msgspec import Struct
+
 from ingestd.digits import is_ascii_digits
 
 PING = "PING"
